@@ -27,14 +27,26 @@ TRACES = {
 
 SCORED = {
     **TRACES,
+    "episodes": "list of {text, num_tokens}: the trace cut with the score stage's episode options",
     "j_tokens": "token position of each prefix (0 for the empty prefix, then cumulative episode tokens)",
-    "j_values": "J(j) for j=-1..L-1: the prover's success rate after each prefix",
+    "j_values": "J(j) for j=-1..L-1 under the run's estimator: the prover's success rate after each prefix "
+                "(the last one is the forced answer after the whole trace)",
     "progress": "r_prg(j) = J(j) - J(j-1) for each episode",
     "cumulative_progress": "J(L-1) - J(-1)",
+    "j_start": "J(-1): the prover on the empty prefix",
+    "j_end": "J after the whole trace (open traces: closed with \\n</think>, or answered after their own </think>)",
     "forced_final_correct": "J after the whole trace > 0.5 (correct after forced termination)",
     "regret": "list of {budget, value}: normalized cumulative regret on the token axis",
-    "prover_answers": "per prefix, the K forced answers: list of list of {answer, correct, num_tokens}",
-    "estimator": "sample | likelihood",
+    "estimator": "sample | likelihood: which estimator j_values holds",
+    "j_sample": "J per prefix from K sampled forced answers (null if not run)",
+    "j_likelihood": "J per prefix as exp(log-prob) of the reference answer after the force text (null if not run)",
+    "prover_answers": "per prefix, the K forced answers: list of list of {text, answer, correct, num_tokens} "
+                      "(empty lists under the likelihood estimator alone)",
+    "prover_rollouts": "prover samples (+ likelihood passes) spent on this trace; a prefix shared with an earlier "
+                       "trace of the shard (e.g. the empty prefix) is charged to that trace",
+    "prover_tokens": "forced-answer tokens spent on this trace (same charging rule)",
+    "prover_prompt_tokens": "rendered prompt+prefix tokens of the prefills charged to this trace (one per prefix)",
+    "prover_skipped_prefixes": "prefixes too long for the prover's context; their J holds the previous value",
 }
 
 SFT = {
@@ -45,6 +57,11 @@ SFT = {
     "prefix": "for suffix-only training: assistant text given as context (may be empty)",
     "suffix": "for suffix-only training: assistant text trained on",
     "rule": "filter rule that kept this row: mrt | star | shortest",
-    "cumulative_progress": "the trace's cumulative progress (null for rules that ignore it)",
+    "cumulative_progress": "the trace's cumulative progress (null when the input was not scored)",
     "num_tokens": "completion tokens",
+    "format": "trace format: backtrack | linearized | open",
+    "sample_index": "index of the trace among its problem's samples",
+    "answer": "the reference answer",
+    "j_end": "J after the whole (possibly trimmed) trace (null when the input was not scored)",
+    "trimmed": "whether trailing episodes with negative progress were cut off",
 }

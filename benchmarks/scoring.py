@@ -1,0 +1,142 @@
+"""Scoring cost and estimator agreement: what the prover spends per trace, and sample vs likelihood J.
+
+Samples toy traces (or reads a `generate` output given with --traces), then scores them twice with the
+same engine: the sampled estimator (K forced answers per prefix) and the likelihood estimator (one
+teacher-forced pass per prefix). Prints per-trace prover tokens and wall time, the prefix tokens the
+engine actually encoded (EngineStats) against the naive count L·K·prefix (every rollout re-encoding its
+prefix, nothing shared), and how well the two estimators agree.
+
+    python benchmarks/scoring.py                      # micro toy model, a small sample
+    python benchmarks/scoring.py --model toy --problems 40 --samples 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _traces(args, workdir: Path) -> str:
+    if args.traces:
+        return args.traces
+    from mrt_star.config import build_config
+    from mrt_star.generate import GenerateConfig, run_generate
+    from mrt_star.toy.problems import generate_problems
+
+    # Toy problems written to a file so generate reads them like any problem set.
+    problems = workdir / "problems.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate_problems(args.problems, seed=args.seed)))
+    cfg = build_config(GenerateConfig, {"input": str(problems), "output": str(workdir / "traces"),
+                                        "model": args.model, "n": args.samples, "format": args.format,
+                                        "seed": args.seed}, source="benchmark")
+    return str(run_generate(cfg))
+
+
+def _score(engine, grader, rows, cfg, shard_size: int):
+    """Return (scored rows, seconds, engine stats delta, naive prefix tokens) for one estimator."""
+    from mrt_star.score import problem_shards, score_rows
+
+    stats = engine.stats
+    before = (stats.prompt_tokens_encoded, stats.prompt_tokens_requested, stats.completion_tokens)
+    start = time.perf_counter()
+    out = []
+    for i, shard in enumerate(problem_shards(rows, shard_size)):
+        out += score_rows(shard, engine, grader, cfg, seed=cfg.seed + i)
+    seconds = time.perf_counter() - start
+    after = (stats.prompt_tokens_encoded, stats.prompt_tokens_requested, stats.completion_tokens)
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return out, seconds, delta
+
+
+def _naive_prefix_tokens(engine, rows, k: int) -> int:
+    """Return Σ over traces and prefixes of K × rendered prompt+prefix tokens (nothing shared or cached)."""
+    from mrt_star.engines.base import Request
+    from mrt_star.progress.prover import prover_queries
+
+    texts = [engine.render(Request(q.messages())) for r in rows
+             for q in prover_queries(list(r["prompt"]), [e["text"] for e in r["episodes"]], r["format"], r["answer"])]
+    return k * sum(engine.count_tokens(texts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="toy-micro")
+    parser.add_argument("--traces", help="a generate output folder (default: sample toy traces)")
+    parser.add_argument("--problems", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--format", default="backtrack")
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--engine", default="transformers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args(argv)
+
+    from dataclasses import replace
+
+    from mrt_star.console import comparison_table, console
+    from mrt_star.engines import load_engine
+    from mrt_star.grading import Grader
+    from mrt_star.models import resolve_model
+    from mrt_star.progress.metrics import estimator_agreement
+    from mrt_star.score import ScoreConfig
+    from mrt_star.store import read_rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = read_rows(_traces(args, Path(tmp)))
+    model_path = resolve_model(args.model)
+    engine = load_engine(args.engine, model_path)
+    grader = Grader(mode="symbolic")
+    base = ScoreConfig(k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed, shard_size=args.shard_size)
+    sampled, t_sample, d_sample = _score(engine, grader, rows, replace(base, estimator="sample"), args.shard_size)
+    likely, t_like, d_like = _score(engine, grader, rows, replace(base, estimator="likelihood"), args.shard_size)
+    naive = _naive_prefix_tokens(engine, sampled, args.k)
+    engine.close()
+
+    n = len(rows)
+    prefixes = sum(len(r["j_values"]) for r in sampled)
+    # Sampled J moves in steps of 1/K; a likelihood change under half a step counts as no change.
+    agreement = estimator_agreement([r["j_sample"] for r in sampled], [r["j_likelihood"] for r in likely],
+                                    eps=0.5 / args.k)
+    result = {
+        "model": args.model, "engine": args.engine, "traces": n, "prefixes": prefixes, "k": args.k,
+        "sample": {"seconds": t_sample, "seconds_per_trace": t_sample / n,
+                   "prover_tokens_per_trace": sum(r["prover_tokens"] for r in sampled) / n,
+                   "rollouts": sum(r["prover_rollouts"] for r in sampled),
+                   "prefix_tokens_encoded": d_sample[0], "prefix_tokens_requested": d_sample[1],
+                   "prefix_tokens_naive": naive, "mean_j_start": sum(r["j_start"] for r in sampled) / n,
+                   "mean_j_end": sum(r["j_end"] for r in sampled) / n},
+        "likelihood": {"seconds": t_like, "seconds_per_trace": t_like / n, "prefix_tokens_encoded": d_like[0],
+                       "mean_j_start": sum(r["j_start"] for r in likely) / n,
+                       "mean_j_end": sum(r["j_end"] for r in likely) / n},
+        "agreement": agreement,
+    }
+    s, lk = result["sample"], result["likelihood"]
+    comparison_table(f"scoring cost: {n} traces, {prefixes} prefixes, K={args.k} ({args.model}, {args.engine})",
+                     ["measure", "sample", "likelihood"], [
+                         ["wall seconds", s["seconds"], lk["seconds"]],
+                         ["seconds per trace", s["seconds_per_trace"], lk["seconds_per_trace"]],
+                         ["prover answer tokens per trace", s["prover_tokens_per_trace"], 0],
+                         ["prover rollouts", s["rollouts"], "-"],
+                         ["prefix tokens encoded (EngineStats)", s["prefix_tokens_encoded"], lk["prefix_tokens_encoded"]],
+                         ["prefix tokens requested (distinct prefixes x K)", s["prefix_tokens_requested"], "-"],
+                         ["naive L·K·prefix tokens (nothing shared)", naive, "-"],
+                         ["mean J start", s["mean_j_start"], lk["mean_j_start"]],
+                         ["mean J end", s["mean_j_end"], lk["mean_j_end"]]])
+    comparison_table("sample vs likelihood J", ["measure", "value"],
+                     [[k, "-" if v is None else v] for k, v in agreement.items()])
+    if s["prefix_tokens_encoded"]:
+        console.print(f"prefix reuse: {naive / s['prefix_tokens_encoded']:.1f}x fewer prefix tokens encoded than "
+                      f"L·K·prefix; likelihood is {t_sample / max(t_like, 1e-9):.1f}x faster than sampling")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`make demo` / `make experiment`: MRT vs STaR on the embedded toy world, end to end.
+
+The demo builds the toy model, runs the loop for the MRT and STaR rules from the same base (shared
+round-1 samples, the same SFT-set size per problem), evaluates base, STaR and MRT on held-out problems
+and prints the comparison. The experiment adds the `shortest` control and several seeds and reports
+paired differences (MRT − STaR, MRT − shortest) with their spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RECIPES = Path("recipes/toy")
+METRICS = ("accuracy", "first_attempt_accuracy", "mean_tokens", "regret")
+
+
+def _load_recipe(name: str) -> dict[str, Any]:
+    from mrt_star.config import load_yaml
+
+    return load_yaml(RECIPES / name)
+
+
+def _run_seed(seed: int, rules: list[str], out: Path, fast: bool) -> dict[str, Any]:
+    from mrt_star.config import build_config
+    from mrt_star.evaluate import EvalConfig, run_eval
+    from mrt_star.loop import RunConfig, run_loop
+
+    run_recipe = _load_recipe("run.yaml")
+    eval_recipe = _load_recipe("eval.yaml")
+    if fast:  # a smaller world for the test suite's end-to-end check
+        run_recipe.update(limit=8, rounds=1)
+        eval_recipe.update(limit=6)
+    run_cfg = build_config(RunConfig, {**run_recipe, "rules": rules, "seed": seed,
+                                       "output": str(out / f"seed-{seed}" / "run")}, source="recipes/toy/run.yaml")
+    run_dir = run_loop(run_cfg)
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    finals = {r["rule"]: r["model_out"] for r in summary if r["round"] == run_cfg.rounds}
+    models = [run_cfg.model, *[finals[rule] for rule in rules]]
+    eval_cfg = build_config(EvalConfig, {**eval_recipe, "models": models, "labels": ["base", *rules], "seed": 1000 + seed,
+                                         "output": str(out / f"seed-{seed}" / "eval")}, source="recipes/toy/eval.yaml")
+    eval_dir = run_eval(eval_cfg)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    picks = {r["rule"]: r["filter"].get("mrt_pick_equals_shortest") for r in summary if r["rule"] == "mrt"}
+    return {"seed": seed, "metrics": metrics, "run_dir": str(run_dir), "eval_dir": str(eval_dir),
+            "mrt_pick_equals_shortest": picks.get("mrt")}
+
+
+def _metric(metrics: dict[str, Any], label: str, key: str) -> float | None:
+    model = metrics.get("models", {}).get(label, {})
+    value = model.get(key)
+    if isinstance(value, dict):  # e.g. regret per budget: take the largest budget
+        value = value[max(value, key=lambda b: float(b))]
+    return value if isinstance(value, (int, float)) else None
+
+
+def paired_differences(results: list[dict[str, Any]], a: str, b: str) -> dict[str, dict[str, float]]:
+    """Return mean and standard deviation over seeds of metric(a) − metric(b) for each metric."""
+    out = {}
+    for key in METRICS:
+        diffs = [x - y for r in results
+                 if (x := _metric(r["metrics"], a, key)) is not None and (y := _metric(r["metrics"], b, key)) is not None]
+        if diffs:
+            out[key] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                        "n": len(diffs)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo (or the experiment) and return the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m mrt_star.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", action="store_true", help="add the shortest control and 3 seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1, experiment 3)")
+    parser.add_argument("--output", default="outputs/demo", help="where runs, evaluations and plots go")
+    parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
+    args = parser.parse_args(argv)
+    from mrt_star.console import comparison_table, console
+    from mrt_star.errors import UserError
+
+    rules = ["mrt", "star", "shortest"] if args.experiment else ["mrt", "star"]
+    seeds = list(range(args.seeds or (3 if args.experiment else 1)))
+    out = Path(args.output) / ("experiment" if args.experiment else "demo")
+    start = time.time()
+    try:
+        results = [_run_seed(seed, rules, out, args.fast) for seed in seeds]
+    except UserError as err:
+        print(f"mrt-star demo: error: {err}", file=sys.stderr)
+        return 1
+    labels = ["base", *rules]
+    rows = []
+    for label in labels:
+        row: list[Any] = [label]
+        for key in METRICS:
+            values = [v for r in results if (v := _metric(r["metrics"], label, key)) is not None]
+            row.append(f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+                       if values else "-")
+        rows.append(row)
+    comparison_table(f"MRT vs STaR on the toy world ({len(seeds)} seed(s), held-out problems)",
+                     ["model", *METRICS], rows)
+    report: dict[str, Any] = {"seeds": seeds, "rules": rules, "results": results,
+                              "seconds": round(time.time() - start, 1),
+                              "paired": {f"mrt-{other}": paired_differences(results, "mrt", other)
+                                         for other in rules if other != "mrt"}}
+    for name, diffs in report["paired"].items():
+        comparison_table(f"paired difference {name} over seeds", ["metric", "mean", "std", "n"],
+                         [[k, v["mean"], v["std"], v["n"]] for k, v in diffs.items()])
+    picks = [r["mrt_pick_equals_shortest"] for r in results if r["mrt_pick_equals_shortest"] is not None]
+    if picks:
+        report["mrt_pick_equals_shortest"] = statistics.fmean(picks)
+        console.print(f"MRT's pick equals the shortest correct trace for {report['mrt_pick_equals_shortest']:.0%} "
+                      "of round-1 problems")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    console.print(f"done in {report['seconds']:.0f} s; report: {out / 'report.json'}; plots: {results[0]['eval_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""PNG plots of an evaluation's metrics (matplotlib, Agg backend: no display needed).
+
+Each function takes the `models` mapping of `metrics.json` ({label: metrics}) and returns the file it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_accuracy_vs_tokens(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Return `path`: accuracy if stopped at t tokens (lines) and maj@k against total tokens (markers)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, m) in enumerate(models.items()):
+        color = f"C{i}"
+        curve = m["accuracy_vs_tokens"]
+        ax.plot(curve["tokens"], curve["accuracy"], color=color, label=f"{label}: one trace, stopped at t")
+        pts = m["maj_vs_tokens"]
+        ax.plot([p["tokens"] for p in pts], [p["maj"] for p in pts], color=color, linestyle="--", marker="o",
+                markersize=3, label=f"{label}: maj@k over k traces")
+    ax.set_xlabel("tokens spent per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("accuracy and maj@k vs tokens")
+    ax.legend(fontsize="x-small")
+    return _save(fig, path)
+
+
+def plot_j_curves(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Return `path`: mean J after each episode (attempt) — traces that ended hold their final J."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, m) in enumerate(models.items()):
+        values = m["j_by_episode"]
+        ax.plot(range(1, len(values) + 1), values, marker="o", color=f"C{i}", label=label)
+    ax.set_xlabel("episode (attempt) j")
+    ax.set_ylabel("J after episode j")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("J curves on the episode axis")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_regret(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Return `path`: normalized cumulative regret vs token budget (dashed: the maj@k baseline's)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, m) in enumerate(models.items()):
+        budgets = sorted(m["regret"], key=float)
+        ax.plot([float(b) for b in budgets], [m["regret"][b] for b in budgets], marker="o", color=f"C{i}", label=label)
+        maj = m.get("maj_regret") or {}
+        if maj:
+            ax.plot([float(b) for b in budgets], [maj[b] for b in budgets], linestyle="--", color=f"C{i}",
+                    alpha=0.6, label=f"{label}: maj@k")
+    ax.set_xlabel("token budget C")
+    ax.set_ylabel("normalized regret (lower is better)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("cumulative regret vs budget")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_at_k(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Return `path`: pass@k (solid) and maj@k (dashed) against k."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, m) in enumerate(models.items()):
+        for key, style in (("pass@k", "-"), ("maj@k", "--")):
+            ks = sorted(m[key], key=int)
+            ax.plot([int(k) for k in ks], [m[key][k] for k in ks], linestyle=style, marker="o", color=f"C{i}",
+                    label=f"{label} {key}")
+    ax.set_xlabel("k samples")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("pass@k and maj@k")
+    ax.legend(fontsize="x-small")
+    return _save(fig, path)
+
+
+def plot_all(models: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
+    """Return the PNGs written into `folder` for these models' metrics."""
+    return [plot_accuracy_vs_tokens(models, folder / "accuracy_vs_tokens.png"),
+            plot_j_curves(models, folder / "j_curves.png"),
+            plot_regret(models, folder / "regret.png"),
+            plot_at_k(models, folder / "pass_maj_at_k.png")]

@@ -1,0 +1,496 @@
+"""`mrt-star generate`: sample reasoning traces for problems, in the backtracking, linearized or open format.
+
+Per format (DESIGN.md §2):
+- backtrack: a first attempt in numbered steps (stopped before any backtrack line the model starts), a
+  backtrack point (random, or where the model itself began to backtrack), the backtrack line, then a
+  revision sampled with the attempt, the line and (shared_prefix) the kept steps prefilled. With
+  `explicit_backtrack` the model writes the whole trace, backtracks included, in one call.
+- linearized: up to `max_attempts` complete attempts, each sampled with all earlier attempts and the
+  attempt separator prefilled, optionally ending a chain at its first correct attempt.
+- open: one free generation; a `<think>` the chat template opens is put back in front of the trace.
+
+Rows follow `mrt_star.schemas.TRACES`. Shards hold whole problems and are written atomically, so a
+killed run re-run with the same command resumes at the first missing shard. Everything that can be
+wrong with the input (problems, model, chat template, options) is checked before the output folder
+is created; a prompt too long for the model's context is skipped and counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mrt_star.config import StageIO, config_to_dict, option
+from mrt_star.engines import ENGINES
+from mrt_star.errors import UserError
+from mrt_star.formats.prompts import (
+    ATTEMPT_SEPARATOR,
+    BACKTRACK_RE,
+    DEFAULT_TEMPLATE,
+    FORMATS,
+    STEP_RE,
+    THINK_OPEN,
+    backtrack_line,
+    prompt_messages,
+    user_prompt,
+)
+from mrt_star.grading import GRADING_MODES
+
+BACKTRACK_POINTS = ("random", "marked")
+BACKTRACK_VARIANTS = ("shared_prefix", "no_shared_prefix", "restart")
+# The first attempt stops where the model starts a backtrack line of its own.
+BACKTRACK_STOP = "\nBacktrack to"
+MARK_TOKENS = 16  # enough to finish "Backtrack to Line 123" / "... beginning"
+# Two answers that need a symbolic worker each: grading them starts the worker pool.
+GRADER_WARMUP = (("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"))
+
+
+@dataclass
+class GenerateConfig(StageIO):
+    """Options of `mrt-star generate` (trace format, sampling, engine, backtrack and linearized knobs)."""
+
+    format: str = option("backtrack", "trace format: backtrack (attempt, backtrack line, revision), linearized "
+                         "(a chain of complete attempts) or open (free thinking)", choices=FORMATS)
+    n: int = option(4, "traces sampled per problem")
+    temperature: float = option(1.0, "sampling temperature (0: greedy)")
+    top_p: float = option(1.0, "nucleus sampling: keep the smallest token set with this much probability")
+    max_new_tokens: int = option(512, "token cap per engine call (one attempt, one revision, a whole open trace)")
+    prompt_template: str = option("auto", "user prompt: a template name from mrt_star/formats/prompts.py or text "
+                                  "with {problem}; auto: toy-<format> for toy models, else the format's default")
+    system_prompt: str | None = option(None, "system message put before the problem")
+    chat_template: str | None = option(None, "chat template (a Jinja file or template text) to use, e.g. for a "
+                                       "model whose tokenizer has none")
+    grading: str = option("symbolic", "answer grading: symbolic (math-verify) or hendrycks (string parity with "
+                          "the reference)", choices=GRADING_MODES)
+    backtrack_point: str = option("random", "backtrack: the step the revision goes back to: random (uniform over "
+                                  "the attempt's steps) or marked (where the model itself began a backtrack line; "
+                                  "random when it did not)", choices=BACKTRACK_POINTS)
+    backtrack_variant: str = option("shared_prefix", "backtrack: shared_prefix (after 'Backtrack to Line k' the "
+                                    "steps before k are copied and the model redoes step k on), no_shared_prefix "
+                                    "(the model redoes step k on right after the backtrack line) or restart "
+                                    "('Backtrack to beginning', everything redone)", choices=BACKTRACK_VARIANTS)
+    explicit_backtrack: bool = option(False, "backtrack: one plain call per trace; the model writes its own "
+                                      "backtrack lines (or none)")
+    max_attempts: int = option(3, "linearized: at most this many attempts per trace")
+    stop_at_first_correct: bool = option(False, "linearized: end a chain after its first correct attempt")
+    continue_after_eos: bool = option(False, "linearized: start another attempt even when the model ended its "
+                                      "turn instead of writing the attempt separator")
+    engine: str = option("transformers", "sampling engine", choices=ENGINES)
+    batch_size: int = option(64, "transformers engine: sequences decoded together")
+    device: str = option("auto", "transformers engine: auto, cpu, cuda or cuda:N")
+    dtype: str = option("auto", "weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16")
+    tensor_parallel_size: int = option(1, "vllm engine: GPUs per model replica")
+    data_parallel_size: int = option(1, "vllm engine: model replicas, each on its own GPUs")
+    engine_options: dict = option({}, "further engine options, e.g. {gpu_memory_utilization: 0.8, max_model_len: 8192}")
+    shard_size: int = option(32, "problems per output shard (the unit of resume)")
+
+
+@dataclass
+class Trace:
+    """One sampled trace before grading: its problem item, sample index, text and finish reason."""
+
+    item: dict[str, Any]
+    sample_index: int
+    text: str
+    finish_reason: str
+
+
+# --- checks ------------------------------------------------------------------------------------------
+
+
+def check_options(cfg: GenerateConfig) -> None:
+    """Raise UserError for option values no run can use."""
+    for name in ("n", "max_new_tokens", "shard_size", "max_attempts", "batch_size", "tensor_parallel_size",
+                 "data_parallel_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name}: must be at least 1, got {getattr(cfg, name)}")
+    if cfg.temperature < 0:
+        raise UserError(f"temperature: must be >= 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p: must be in (0, 1], got {cfg.top_p}")
+    if cfg.prompt_template != "auto":
+        try:
+            user_prompt("x", cfg.prompt_template)
+        except ValueError as err:
+            raise UserError(f"prompt_template: {err}") from None
+
+
+def is_toy_model(name: str, tokenizer: Any) -> bool:
+    """Return True for the embedded toy models and models fine-tuned from them (same chat template)."""
+    from mrt_star.models import TOY_MODELS
+    from mrt_star.toy.tokenizer import CHAT_TEMPLATE
+
+    return name in TOY_MODELS or getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE
+
+
+def resolve_template(cfg: GenerateConfig, tokenizer: Any) -> str:
+    """Return the prompt template to use ('auto' resolved for the model at hand)."""
+    if cfg.prompt_template != "auto":
+        return cfg.prompt_template
+    return f"toy-{cfg.format}" if is_toy_model(cfg.model, tokenizer) else DEFAULT_TEMPLATE[cfg.format]
+
+
+def engine_kwargs(cfg: GenerateConfig) -> dict[str, Any]:
+    """Return the options of the chosen engine from the config (engine_options win)."""
+    common: dict[str, Any] = {"dtype": cfg.dtype, "chat_template": cfg.chat_template}
+    if cfg.engine == "transformers":
+        common.update(device=cfg.device, batch_size=cfg.batch_size)
+    else:
+        common.update(tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+                      seed=cfg.seed)
+    return {**common, **cfg.engine_options}
+
+
+def grader_workers() -> int:
+    """Return how many symbolic grading processes to run: up to 2, leaving one core to the sampler."""
+    return max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
+def warm_grader(grader: Any) -> None:
+    """Start the grader's symbolic workers in the background while the model loads.
+
+    Each worker imports math-verify and sympy (seconds of CPU); started lazily they would stall the
+    first shard. The grader's lock makes later calls wait for the warm-up rather than race it.
+    """
+    if getattr(grader, "mode", None) != "symbolic":
+        return
+
+    def warm() -> None:
+        try:
+            grader.grade_many(GRADER_WARMUP)
+        except Exception:  # a warm-up failure resurfaces, with its message, at the first real grading call
+            pass
+
+    threading.Thread(target=warm, name="mrt-star-grader-warmup", daemon=True).start()
+
+
+def derive_seed(*parts: Any) -> int:
+    """Return a 31-bit seed from parts (run seed, shard, call), so no two engine calls share a stream."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+# --- sampling ------------------------------------------------------------------------------------------
+
+
+def _params(cfg: GenerateConfig, seed: int, n: int = 1, stop: tuple[str, ...] = (), max_new_tokens: int | None = None):
+    from mrt_star.engines.base import SamplingParams
+
+    return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, stop=stop, seed=seed,
+                          max_new_tokens=max_new_tokens or cfg.max_new_tokens)
+
+
+def _request(item: dict[str, Any], assistant: str = ""):
+    from mrt_star.engines.base import Request
+
+    prompt = list(item["prompt"])
+    return Request([*prompt, {"role": "assistant", "content": assistant}] if assistant else prompt)
+
+
+def _fits(engine: Any, requests: list) -> list[bool]:
+    """Return, per request, whether its rendered prompt leaves room for at least one new token."""
+    counts = engine.count_tokens([engine.render(r) for r in requests]) if requests else []
+    return [c + 1 <= engine.max_context for c in counts]
+
+
+def sample_open(engine: Any, grader: Any, cfg: GenerateConfig, items: list[dict], seed: int) -> list[Trace]:
+    """Return n free-generation traces per item (a template-opened `<think>` written back in front)."""
+    from mrt_star.formats.chat import template_opens_think
+
+    opening = ""
+    if items and template_opens_think(engine.tokenizer):
+        rendered = engine.render(_request(items[0]))
+        opening = rendered[rendered.rfind(THINK_OPEN):]  # e.g. "<think>\n", exactly as the template wrote it
+    outputs = engine.generate([_request(it) for it in items], _params(cfg, derive_seed(seed, "open"), n=cfg.n))
+    traces = []
+    for it, samples in zip(items, outputs, strict=True):
+        for s, c in enumerate(samples):
+            text = c.text if not opening or c.text.lstrip().startswith(THINK_OPEN) else opening + c.text
+            traces.append(Trace(it, s, text, c.finish_reason))
+    return traces
+
+
+def sample_linearized(engine: Any, grader: Any, cfg: GenerateConfig, items: list[dict], seed: int) -> list[Trace]:
+    """Return n chains of attempts per item; attempt k+1 is sampled with attempts 1..k prefilled."""
+    sep = ATTEMPT_SEPARATOR
+    firsts = engine.generate([_request(it) for it in items],
+                             _params(cfg, derive_seed(seed, "attempt", 0), n=cfg.n, stop=(sep,)))
+    chains = [{"item": it, "s": s, "attempts": [c.text], "last": c, "finish": c.finish_reason, "open": True}
+              for it, samples in zip(items, firsts, strict=True) for s, c in enumerate(samples)]
+    for attempt in range(1, cfg.max_attempts):
+        for ch in chains:
+            last = ch["last"]
+            wants_more = last.finish_reason == "stop" and (last.stop_reason == sep or cfg.continue_after_eos)
+            ch["open"] = ch["open"] and wants_more
+        active = [ch for ch in chains if ch["open"]]
+        if cfg.stop_at_first_correct and active:
+            grades = grader.grade_many([(ch["attempts"][-1], ch["item"]["answer"]) for ch in active])
+            for ch, g in zip(active, grades, strict=True):
+                ch["open"] = not g.correct
+            active = [ch for ch in active if ch["open"]]
+        requests = [_request(ch["item"], sep.join(ch["attempts"]) + sep) for ch in active]
+        fits = _fits(engine, requests)
+        for ch, ok in zip(active, fits, strict=True):
+            if not ok:  # the chain filled the context: it ends here, cut short
+                ch["open"], ch["finish"] = False, "length"
+        todo = [(ch, r) for ch, r, ok in zip(active, requests, fits, strict=True) if ok]
+        if not todo:
+            break
+        outputs = engine.generate([r for _, r in todo], _params(cfg, derive_seed(seed, "attempt", attempt), stop=(sep,)))
+        for (ch, _), (c,) in zip(todo, outputs, strict=True):
+            ch["attempts"].append(c.text)
+            ch["last"], ch["finish"] = c, c.finish_reason
+    return [Trace(ch["item"], ch["s"], sep.join(ch["attempts"]), ch["finish"]) for ch in chains]
+
+
+def backtrack_prefix(attempt: str, variant: str, rng: random.Random, mark: int | None = None) -> str:
+    """Return the assistant text a revision continues: the attempt, the backtrack line, and the kept steps.
+
+    `mark` is the step the model itself asked to go back to (0: the beginning); None or a step the attempt
+    does not have means a step drawn at random. `shared_prefix` copies the steps before the point after
+    the backtrack line; `no_shared_prefix` leaves them in the attempt above; `restart` goes back to the
+    beginning.
+    """
+    body = attempt if not attempt or attempt.endswith("\n") else attempt + "\n"
+    steps = list(STEP_RE.finditer(attempt))
+    if variant == "restart" or not steps or mark == 0:
+        return body + backtrack_line(None) + "\n"
+    point = next((m for m in steps if int(m.group(1)) == mark), None) if mark else None
+    point = point or rng.choice(steps)
+    kept = attempt[steps[0].start() : point.start()] if variant == "shared_prefix" else ""
+    return body + backtrack_line(int(point.group(1))) + "\n" + kept
+
+
+def _marks(engine: Any, cfg: GenerateConfig, attempts: list[tuple[dict, int, Any]], seed: int) -> dict[int, int]:
+    """Return {attempt index: step it asked to go back to (0 = beginning)} for attempts that began a
+    backtrack line, by letting the model finish that line."""
+    asked = [j for j, (_, _, c) in enumerate(attempts) if c.stop_reason == BACKTRACK_STOP]
+    requests = [_request(attempts[j][0], attempts[j][2].text + BACKTRACK_STOP) for j in asked]
+    fits = _fits(engine, requests)
+    asked = [j for j, ok in zip(asked, fits, strict=True) if ok]
+    requests = [r for r, ok in zip(requests, fits, strict=True) if ok]
+    if not requests:
+        return {}
+    outputs = engine.generate(requests, _params(cfg, derive_seed(seed, "mark"), stop=("\n",),
+                                                max_new_tokens=MARK_TOKENS))
+    marks = {}
+    for j, (c,) in zip(asked, outputs, strict=True):
+        m = BACKTRACK_RE.match(BACKTRACK_STOP.lstrip("\n") + c.text.rstrip(" \t"))
+        if m:
+            marks[j] = int(m.group(1)) if m.group(1) else 0
+    return marks
+
+
+def sample_backtrack(engine: Any, grader: Any, cfg: GenerateConfig, items: list[dict], seed: int) -> list[Trace]:
+    """Return n backtracking traces per item: attempt, backtrack line, revision (or one explicit call)."""
+    requests = [_request(it) for it in items]
+    if cfg.explicit_backtrack:
+        outputs = engine.generate(requests, _params(cfg, derive_seed(seed, "explicit"), n=cfg.n))
+        return [Trace(it, s, c.text, c.finish_reason)
+                for it, samples in zip(items, outputs, strict=True) for s, c in enumerate(samples)]
+    firsts = engine.generate(requests, _params(cfg, derive_seed(seed, "attempt"), n=cfg.n, stop=(BACKTRACK_STOP,)))
+    attempts = [(it, s, c) for it, samples in zip(items, firsts, strict=True) for s, c in enumerate(samples)]
+    marks = {}
+    if cfg.backtrack_point == "marked" and cfg.backtrack_variant != "restart":
+        marks = _marks(engine, cfg, attempts, seed)
+    rng = random.Random(derive_seed(seed, "point"))
+    prefixes = [backtrack_prefix(c.text, cfg.backtrack_variant, rng, marks.get(j))
+                for j, (_, _, c) in enumerate(attempts)]
+    revisions = [_request(it, p) for (it, _, _), p in zip(attempts, prefixes, strict=True)]
+    fits = _fits(engine, revisions)
+    todo = [j for j, ok in enumerate(fits) if ok]
+    outputs = engine.generate([revisions[j] for j in todo], _params(cfg, derive_seed(seed, "revision"))) if todo else []
+    revised = {j: c for j, (c,) in zip(todo, outputs, strict=True)}
+    traces = []
+    for j, (it, s, c) in enumerate(attempts):
+        if j in revised:
+            traces.append(Trace(it, s, prefixes[j] + revised[j].text, revised[j].finish_reason))
+        else:  # no room left for a revision: the attempt alone, cut short
+            traces.append(Trace(it, s, c.text, "length"))
+    return traces
+
+
+SAMPLERS = {"backtrack": sample_backtrack, "linearized": sample_linearized, "open": sample_open}
+
+
+# --- rows ----------------------------------------------------------------------------------------------
+
+
+def measure_traces(engine: Any, cfg: GenerateConfig, traces: list[Trace]) -> list[tuple[list[str], list[int], int]]:
+    """Return, per trace, (its episodes, their token counts, the whole trace's token count)."""
+    from mrt_star.formats.episodes import split_episodes
+
+    episodes = [split_episodes(t.text, cfg.format) for t in traces]
+    flat = [e for eps in episodes for e in eps]
+    counts = engine.count_tokens(flat + [t.text for t in traces])
+    out, at = [], 0
+    for eps, total in zip(episodes, counts[len(flat) :], strict=True):
+        out.append((eps, counts[at : at + len(eps)], total))
+        at += len(eps)
+    return out
+
+
+def trace_rows(grader: Any, cfg: GenerateConfig, traces: list[Trace],
+               measured: list[tuple[list[str], list[int], int]]) -> list[dict[str, Any]]:
+    """Return the TRACES rows of measured traces: the whole trace and its first episode graded."""
+    grades = grader.grade_many([(t.text, t.item["answer"]) for t in traces]
+                               + [(m[0][0], t.item["answer"]) for t, m in zip(traces, measured, strict=True)])
+    finals, firsts = grades[: len(traces)], grades[len(traces) :]
+    rows = []
+    for t, (eps, counts, total), final, first in zip(traces, measured, finals, firsts, strict=True):
+        it = t.item
+        rows.append({
+            "problem_id": str(it["problem_id"]), "problem": it["problem"], "answer": str(it["answer"]),
+            "format": cfg.format, "sample_index": t.sample_index, "prompt": list(it["prompt"]),
+            "completion": t.text, "episodes": [{"text": e, "num_tokens": n} for e, n in zip(eps, counts)],
+            "num_tokens": total, "finish_reason": t.finish_reason, "final_answer": final.extracted,
+            "correct": bool(final.correct),
+            "first_attempt_correct": None if first.extracted is None else bool(first.correct),
+            "engine": cfg.engine, "model": cfg.model, "temperature": float(cfg.temperature),
+            "top_p": float(cfg.top_p), "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
+        })
+    return rows
+
+
+def traces_schema():
+    """Return the parquet schema of a traces shard (columns of `mrt_star.schemas.TRACES`)."""
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    episode = pa.struct([("text", pa.string()), ("num_tokens", pa.int64())])
+    return pa.schema([
+        ("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string()), ("format", pa.string()),
+        ("sample_index", pa.int64()), ("prompt", pa.list_(message)), ("completion", pa.string()),
+        ("episodes", pa.list_(episode)), ("num_tokens", pa.int64()), ("finish_reason", pa.string()),
+        ("final_answer", pa.string()), ("correct", pa.bool_()), ("first_attempt_correct", pa.bool_()),
+        ("engine", pa.string()), ("model", pa.string()), ("temperature", pa.float64()), ("top_p", pa.float64()),
+        ("max_new_tokens", pa.int64()), ("seed", pa.int64()),
+    ])
+
+
+def summarize(rows: list[dict[str, Any]], skipped: int, tokens_per_second: float | None) -> dict[str, Any]:
+    """Return the closing numbers: counts, tokens, boxed share, first-attempt and final accuracy, skips."""
+    from mrt_star.grading.extract import last_boxed
+
+    n = len(rows)
+
+    def share(values: list[Any]) -> float:
+        return round(sum(bool(v) for v in values) / n, 4) if n else 0.0
+
+    tokens = sum(r["num_tokens"] for r in rows)
+    summary = {
+        "traces": n, "problems": len({r["problem_id"] for r in rows}), "skipped_prompts": skipped,
+        "tokens": tokens, "mean_tokens": round(tokens / n, 1) if n else 0.0,
+        "mean_episodes": round(sum(len(r["episodes"]) for r in rows) / n, 3) if n else 0.0,
+        "boxed_share": share([last_boxed(r["completion"]) is not None for r in rows]),
+        "length_share": share([r["finish_reason"] == "length" for r in rows]),
+        "first_attempt_accuracy": share([r["first_attempt_correct"] for r in rows]),
+        "final_accuracy": share([r["correct"] for r in rows]),
+    }
+    if tokens_per_second is not None:
+        summary["tokens_per_second"] = round(tokens_per_second, 1)
+    return summary
+
+
+# --- the stage -----------------------------------------------------------------------------------------
+
+
+def _open_existing(output: Path, cfg: GenerateConfig, config: dict, fp: str):
+    """Return the Store of an existing output folder of this command (None when there is none yet)."""
+    from mrt_star.store import MANIFEST, Store
+
+    if cfg.overwrite or not (output / MANIFEST).exists():
+        return None
+    return Store(output, "generate", config, fp, overwrite=False)
+
+
+def prepare_items(engine: Any, cfg: GenerateConfig, problems: list[dict]) -> list[dict[str, Any]]:
+    """Return problems with their prompt messages and whether the prompt fits the model's context.
+
+    Rendering every prompt here also checks the chat template before anything is written.
+    """
+    from mrt_star.engines.base import Request
+
+    template = resolve_template(cfg, engine.tokenizer)
+    items = [{**p, "prompt": prompt_messages(p["problem"], template, cfg.system_prompt)} for p in problems]
+    lengths = engine.count_tokens([engine.render(Request(it["prompt"])) for it in items])
+    for it, length in zip(items, lengths, strict=True):
+        it["fits"] = length + 1 <= engine.max_context
+    return items
+
+
+def run_generate(cfg: GenerateConfig) -> Path:
+    """Return the traces folder after sampling `n` traces per problem of `cfg.input` (resumable)."""
+    from mrt_star.console import console, stage_progress, summary_table
+    from mrt_star.data import ProblemSource, load_problems
+    from mrt_star.engines import load_engine
+    from mrt_star.grading import Grader
+    from mrt_star.models import resolve_model
+    from mrt_star.store import Store, chunk, fingerprint, read_rows
+
+    check_options(cfg)
+    output = Path(cfg.output or f"traces-{cfg.format}")
+    problems = load_problems(ProblemSource(source=cfg.input or "toy", limit=cfg.limit, seed=cfg.seed))
+    model_path = resolve_model(cfg.model)
+    config = {**config_to_dict(cfg), "resolved_model": model_path}
+    fp = fingerprint(cfg.input or "toy")
+    store = _open_existing(output, cfg, config, fp)
+    if store is not None and store.complete:
+        console.print(f"generate: {output} is already complete (pass --overwrite to redo it)")
+        return output
+
+    grader = Grader(mode=cfg.grading, workers=grader_workers())
+    warm_grader(grader)
+    try:
+        engine = load_engine(cfg.engine, model_path, **engine_kwargs(cfg))
+    except BaseException:
+        grader.close()
+        raise
+    try:
+        items = prepare_items(engine, cfg, problems)
+        skipped = sum(not it["fits"] for it in items)
+        store = store or Store(output, "generate", config, fp, cfg.overwrite)  # only now is anything written
+        pieces = list(chunk(items, cfg.shard_size))
+        todo = [(i, part) for i, part in pieces if not store.is_done(i)]
+        sampler = SAMPLERS[cfg.format]
+        start, schema = time.perf_counter(), traces_schema()
+        with stage_progress() as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            task = bar.add_task(f"generate {cfg.format}", total=len(items),
+                                completed=len(items) - sum(len(p) for _, p in todo), info="")
+
+            def finish_shard(i: int, size: int, traces: list[Trace], measured: list) -> None:
+                # Off the main thread: grading (in the grader's worker processes) and writing overlap
+                # with sampling the next shard. The tokenizer stays on the main thread.
+                store.write_shard(i, trace_rows(grader, cfg, traces, measured), schema=schema)
+                rate = engine.stats.completion_tokens / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=size, info=f"{rate:,.0f} tok/s")
+
+            pending = None
+            for i, part in todo:
+                kept = [it for it in part if it["fits"]]
+                traces = sampler(engine, grader, cfg, kept, derive_seed(cfg.seed, i)) if kept else []
+                measured = measure_traces(engine, cfg, traces)
+                if pending is not None:
+                    pending.result()  # at most one shard in flight; its errors surface here
+                pending = writer.submit(finish_shard, i, len(part), traces, measured)
+            if pending is not None:
+                pending.result()
+        seconds = time.perf_counter() - start
+    finally:
+        engine.close()
+        grader.close()
+    timings = store.manifest.setdefault("timings", {})
+    timings["sampling_seconds"] = round(timings.get("sampling_seconds", 0.0) + seconds, 3)
+    timings["engine_stats"] = engine.stats.as_dict()
+    rate = engine.stats.completion_tokens / seconds if todo and seconds > 0 else None
+    summary = summarize(read_rows(output, require_complete=False), skipped, rate)
+    path = store.finish(summary, counts={"problems": len(items), "skipped_prompts": skipped})
+    summary_table(f"generate: {summary['traces']} {cfg.format} traces → {output}", summary)
+    return path

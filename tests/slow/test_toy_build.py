@@ -1,0 +1,52 @@
+"""The default toy model: built (or reused from the cache), in its accuracy band, and backtracking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mrt_star.formats.prompts import BACKTRACK_RE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    from mrt_star.toy import resolve_toy_model
+
+    return resolve_toy_model("toy")
+
+
+def test_default_build_report_is_in_band(toy_model):
+    report = json.loads((toy_model / "build_report.json").read_text())
+    # Learned, yet leaves MRT rounds room to improve.
+    assert 0.25 <= report["first_attempt_accuracy"] <= 0.75, report
+    assert report["backtrack_rate"] >= 0.05, report
+    for fmt, row in report["per_format"].items():
+        assert row["boxed_rate"] >= 0.9, (fmt, row)
+        assert row["final_accuracy"] >= 0.2, (fmt, row)
+        # A prover with no work to go on does worse than a finished trace: J rises with work.
+        assert row["prover_empty_prefix_accuracy"] < row["final_accuracy"], (fmt, row)
+
+
+def test_sampled_backtrack_traces_contain_backtracks(toy_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mrt_star.toy.build import sample_completions
+    from mrt_star.formats.chat import render_chat
+    from mrt_star.formats.prompts import user_prompt
+    from mrt_star.toy.problems import generate_problems
+
+    tok = AutoTokenizer.from_pretrained(toy_model)
+    model = AutoModelForCausalLM.from_pretrained(toy_model)
+    rows = generate_problems(48, seed=2024)
+    prompts = [render_chat(tok, [{"role": "user", "content": user_prompt(r["problem"], "toy-backtrack")}])
+               for r in rows]
+    texts = sample_completions(model, tok, prompts, max_new_tokens=400, seed=1)
+    with_backtrack = [t for t in texts if BACKTRACK_RE.search(t)]
+    assert len(with_backtrack) >= 2, texts
+    # A backtrack is followed by a revision that starts at the named line.
+    for text in with_backtrack:
+        m = BACKTRACK_RE.search(text)
+        assert text[m.end() + 1 :].startswith(f"Line {m.group(1) or 1}: "), text

@@ -1,0 +1,158 @@
+"""Filter rules on hand-made scored rows with known picks, and the SFT output format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from mrt_star.data import last_boxed
+from mrt_star.errors import UserError
+from mrt_star.filter import FilterConfig, equalize, mrt_candidate, pick_equals_shortest, run_filter, select
+from mrt_star.progress.metrics import progress
+from mrt_star.store import Store
+
+PROMPT = [{"role": "user", "content": "[backtrack] 3+4"}]
+
+
+def _row(pid, idx, episodes, j, correct, answer="7", fmt="backtrack"):
+    text = "".join(episodes)
+    tokens = [0]
+    for e in episodes:
+        tokens.append(tokens[-1] + len(e))
+    return {"problem_id": pid, "sample_index": idx, "problem": "3+4", "answer": answer, "format": fmt,
+            "prompt": PROMPT, "completion": text, "num_tokens": len(text), "correct": correct,
+            "episodes": [{"text": e, "num_tokens": len(e)} for e in episodes], "j_tokens": tokens,
+            "j_values": j, "progress": progress(j), "cumulative_progress": j[-1] - j[0], "j_end": j[-1],
+            "forced_final_correct": j[-1] > 0.5}
+
+
+E0 = "Line 1: 3+4=8\nCheck Line 1: 3+4=7 wrong\n"
+E1 = "Backtrack to Line 1\nLine 1: 3+4=7\n\\boxed{7}\n"
+E2 = "Backtrack to beginning\nLine 1: 3+4=7\nCheck Line 1: 3+4=7 ok\n\\boxed{7}"
+
+ROWS = [
+    _row("p1", 0, [E0, E1], [0.25, 0.5, 1.0], True),                      # t0: cp .75, 2 episodes
+    _row("p1", 1, ["Line 1: 3+4=7\n\\boxed{7}"], [0.25, 1.0], True),      # t1: cp .75, shortest
+    _row("p1", 2, ["Line 1: 3+4=8\n\\boxed{8}"], [0.25, 0.0], False),     # t2: wrong
+    _row("p1", 3, [E0, E1, E2], [0.25, 0.5, 0.75, 0.625], True),          # t3: ends losing ground
+    _row("p2", 0, ["\\boxed{7}"], [0.0, 0.375], True),                    # u0: right, but not after forcing
+    _row("p2", 1, [E0, E1], [0.0, 0.5, 1.0], True),                       # u1: cp 1.0
+    _row("p2", 2, [E0, E1], [0.0, 0.5, 1.0], False),                      # u2: own answer wrong
+    _row("p3", 0, ["\\boxed{9}"], [0.0, 0.0], False),                     # p3: nothing correct
+]
+
+
+def picks(cfg, grader=None):
+    return [(r["problem_id"], r["sample_index"]) for r, _ in select(ROWS, cfg, grader)]
+
+
+@dataclass
+class Grade:
+    correct: bool
+    extracted: str | None
+
+
+class ExactGrader:
+    def grade_many(self, pairs):
+        return [Grade(last_boxed(t) == ref, last_boxed(t)) for t, ref in pairs]
+
+
+def test_star_and_shortest():
+    assert picks(FilterConfig(rule="star")) == [("p1", 0), ("p1", 1), ("p1", 3), ("p2", 0), ("p2", 1)]
+    assert picks(FilterConfig(rule="shortest")) == [("p1", 1), ("p2", 0)]
+    assert picks(FilterConfig(rule="star", max_per_problem=1)) == [("p1", 0), ("p2", 0)]
+
+
+def test_mrt_most_progress_correct_after_forcing():
+    cfg = FilterConfig(rule="mrt")
+    assert picks(cfg) == [("p1", 1), ("p2", 1)]  # tie on p1 broken by fewer tokens
+    assert picks(FilterConfig(rule="mrt", tie_break="index")) == [("p1", 0), ("p2", 1)]
+    assert picks(FilterConfig(rule="mrt", per_problem=3)) == [("p1", 1), ("p1", 0), ("p1", 3), ("p2", 1)]
+    assert picks(FilterConfig(rule="mrt", per_problem=3, require_correct=False)) == [
+        ("p1", 1), ("p1", 0), ("p1", 3), ("p2", 1), ("p2", 2)]
+    assert picks(FilterConfig(rule="mrt", per_problem=3, min_j_end=0.3))[-1] == ("p2", 0)
+    # p1's pick is its shortest correct trace, p2's is not.
+    assert pick_equals_shortest(ROWS, select(ROWS, cfg)) == 0.5
+
+
+def test_mrt_progress_requirements_and_trailing_episodes():
+    many = dict(rule="mrt", per_problem=3)
+    assert ("p1", 3) not in picks(FilterConfig(**many, min_progress=0.0))
+    assert ("p1", 3) not in picks(FilterConfig(**many, min_cumulative_progress=0.5))
+    assert ("p1", 3) not in picks(FilterConfig(**many, trailing="drop"))
+    # Trim: the wasted last check (progress -0.125) is cut; the trace now ends at E1's correct box.
+    trimmed = mrt_candidate(ROWS[3], FilterConfig(**many, trailing="trim"), ExactGrader())
+    assert trimmed["text"] == E0 + E1 and trimmed["trimmed"] and trimmed["episodes_kept"] == 2
+    assert trimmed["cumulative_progress"] == 0.5 and trimmed["j_end"] == 0.75
+    assert trimmed["num_tokens"] == len(E0 + E1)
+    # A trimmed step-wise trace must end in a correct box; without a grader it is not kept.
+    assert mrt_candidate(ROWS[3], FilterConfig(**many, trailing="trim")) is None
+
+
+def test_trim_open_trace_keeps_its_answer_tail():
+    eps = ["<think>\nA.\n\nB.\n\nSo \\boxed{7}.\n\n", "Wait, C.\n\nD.\n\nSo \\boxed{7}.\n</think>\n\n\\boxed{7}"]
+    row = _row("p9", 0, eps, [0.5, 1.0, 0.75], True, fmt="open")
+    cut = mrt_candidate(row, FilterConfig(rule="mrt", trailing="trim"))
+    assert cut["text"] == "<think>\nA.\n\nB.\n\nSo \\boxed{7}.\n</think>\n\n\\boxed{7}"
+    assert cut["j_end"] == 1.0
+
+
+def test_equalize_covers_problems_round_robin():
+    kept = select(ROWS, FilterConfig(rule="star"))
+    two = equalize(kept, 2, seed=0)
+    assert sorted(r["problem_id"] for r, _ in two) == ["p1", "p2"]
+    assert equalize(kept, 10, seed=0) == kept
+
+
+def _scored_folder(path, rows, stage="score"):
+    store = Store(path, stage, {"model": "toy"}, "fp")
+    store.write_shard(0, rows)
+    store.finish({})
+    return str(path)
+
+
+def test_run_filter_writes_a_trl_ready_dataset(tmp_path):
+    from datasets import load_dataset
+
+    src = _scored_folder(tmp_path / "scored", ROWS)
+    out = run_filter(FilterConfig(input=src, output=str(tmp_path / "mrt"), rule="mrt", per_problem=2))
+    ds = load_dataset("parquet", data_files=str(out / "shard-*.parquet"), split="train")
+    assert ds.num_rows == 3
+    row = ds[0]
+    assert row["prompt"] == PROMPT and row["completion"] == [{"role": "assistant", "content": ROWS[1]["completion"]}]
+    assert row["messages"] == PROMPT + row["completion"] and row["rule"] == "mrt"
+    assert set(ds.column_names) >= {"problem_id", "prompt", "completion", "messages", "prefix", "suffix", "rule",
+                                    "cumulative_progress", "num_tokens"}
+    # A backtracking trace with a revision: the first attempt is the prefix, the revision the suffix.
+    two_ep = next(r for r in ds if r["sample_index"] == 0 and r["problem_id"] == "p1")
+    assert (two_ep["prefix"], two_ep["suffix"]) == (E0, E1)
+
+    import json
+
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["kept_rows"] == 3 and summary["mrt_pick_equals_shortest"] == 0.5
+    assert summary["per_rule"]["star"]["rows"] == 5 and summary["per_rule"]["shortest"]["rows"] == 2
+
+    # Equal SFT sizes: STaR cut to MRT's row count, problems round-robin.
+    star = run_filter(FilterConfig(input=src, output=str(tmp_path / "star"), rule="star", match_count_of=str(out)))
+    star_ds = load_dataset("parquet", data_files=str(star / "shard-*.parquet"), split="train")
+    assert star_ds.num_rows == 3 and set(star_ds["problem_id"]) == {"p1", "p2"}
+    assert set(star_ds["rule"]) == {"star"}
+
+
+def test_filter_input_checks(tmp_path):
+    gen = _scored_folder(tmp_path / "gen", [{k: v for k, v in r.items() if k in (
+        "problem_id", "prompt", "completion", "correct", "num_tokens", "format", "sample_index", "answer")}
+        for r in ROWS], stage="generate")
+    with pytest.raises(UserError, match="reads a score output"):
+        run_filter(FilterConfig(input=gen, output=str(tmp_path / "x"), rule="mrt"))
+    assert not (tmp_path / "x").exists()  # nothing created before the input is validated
+    out = run_filter(FilterConfig(input=gen, output=str(tmp_path / "y"), rule="shortest"))
+    assert (out / "shard-00000.parquet").exists()
+    with pytest.raises(UserError, match="input"):
+        run_filter(FilterConfig(input=None, rule="star"))
+    unfinished = Store(tmp_path / "half", "score", {}, "fp")
+    unfinished.write_shard(0, ROWS)
+    with pytest.raises(UserError, match="unfinished"):
+        run_filter(FilterConfig(input=str(tmp_path / "half"), output=str(tmp_path / "z")))

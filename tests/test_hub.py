@@ -1,0 +1,125 @@
+"""The dataset card, the prepared upload and the dry run of `mrt-star push`.
+
+The Hub cannot be reached from the test machine, so the upload test replaces HfApi's network methods
+(create_repo, create_branch, create_commit) with a recorder and checks what they were asked to do.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mrt_star.errors import UserError
+from mrt_star.hub import CITATION, PushConfig, dataset_card, prepare_push, run_push
+from mrt_star.store import Store
+
+FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken1234"
+
+
+def _sft_folder(path):
+    from mrt_star.filter import sft_schema
+
+    rows = [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": "1+1"}],
+             "completion": [{"role": "assistant", "content": "\\boxed{2}"}],
+             "messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "\\boxed{2}"}],
+             "prefix": "", "suffix": "\\boxed{2}", "rule": "mrt", "cumulative_progress": 0.5, "num_tokens": 9,
+             "format": "backtrack", "sample_index": 0, "answer": "2", "j_end": 1.0, "trimmed": False}
+            for i in range(3)]
+    store = Store(path, "filter", {"rule": "mrt", "model": "toy", "input": "runs/x/scored"}, "fp")
+    store.write_shard(0, rows[:2], schema=sft_schema())
+    store.write_shard(1, rows[2:], schema=sft_schema())
+    store.finish({"rule": "mrt", "kept_rows": 3, "per_rule": {"star": {"rows": 5}}, "mrt_pick_equals_shortest": 0.5})
+    return str(path)
+
+
+def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path):
+    from mrt_star.store import read_manifest
+
+    folder = _sft_folder(tmp_path / "sft")
+    card = dataset_card(folder, "me/toy-mrt", read_manifest(folder))
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["configs"][0]["data_files"][0] == {"split": "train", "path": "data/*.parquet"}
+    assert "mrt-star" in front["tags"] and front["size_categories"] == ["n<1K"]
+    assert "| `cumulative_progress` | `double` | the trace's cumulative progress" in card
+    assert 'load_dataset("me/toy-mrt", split="train")' in card
+    assert "rule: mrt" in card and "| per_rule.star.rows | 5 |" in card
+    assert CITATION in card and "2503.07572" in card and "Qu" in card
+
+
+def test_dry_run_writes_the_card_and_lists_files_without_network(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise AssertionError("dry run touched the Hub")
+
+    for name in ("create_repo", "create_branch", "create_commit", "upload_folder"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
+    folder = _sft_folder(tmp_path / "sft")
+    plan, _ = prepare_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True))
+    assert [dest for _, dest in plan] == ["data/shard-00000.parquet", "data/shard-00001.parquet", "manifest.json",
+                                          "README.md"]
+    run_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True))
+    assert (tmp_path / "sft" / "README.md").read_text().startswith("---\n")
+    assert "data/shard-00001.parquet" in capsys.readouterr().err
+
+
+def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class Info:
+        commit_url = "https://huggingface.co/datasets/me/toy-mrt/commit/abc"
+        oid = "abc"
+
+    # Recorder in place of the network methods (the Hub is unreachable from tests).
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: calls.append(("repo", a, k)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", lambda self, *a, **k: calls.append(("branch", a, k)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit",
+                        lambda self, *a, **k: calls.append(("commit", a, k)) or Info())
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    folder = _sft_folder(tmp_path / "sft")
+    # A config that carried the token by mistake is scrubbed from the card.
+    import json
+
+    manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    manifest["config"]["note"] = f"token {FAKE_TOKEN}"
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps(manifest))
+
+    run_push(PushConfig(input=folder, repo_id="me/toy-mrt", private=True, revision="round-1"))
+    kinds = [c[0] for c in calls]
+    assert kinds == ["repo", "branch", "commit"]
+    assert calls[0][2]["repo_type"] == "dataset" and calls[0][2]["private"] is True and calls[0][2]["exist_ok"]
+    commit = calls[2]
+    assert commit[2]["revision"] == "round-1" and commit[2]["repo_type"] == "dataset"
+    assert sorted(op.path_in_repo for op in commit[1][1]) == ["README.md", "data/shard-00000.parquet",
+                                                             "data/shard-00001.parquet", "manifest.json"]
+    uploaded_manifest = next(op for op in commit[1][1] if op.path_in_repo == "manifest.json")
+    assert FAKE_TOKEN.encode() not in uploaded_manifest.path_or_fileobj
+    captured = capsys.readouterr()
+    assert FAKE_TOKEN not in captured.out + captured.err
+    assert FAKE_TOKEN not in (tmp_path / "sft" / "README.md").read_text()
+    for path in (tmp_path / "sft").rglob("*"):
+        if path.is_file() and path.name != "manifest.json":  # the manifest was edited by this test itself
+            assert FAKE_TOKEN.encode() not in path.read_bytes()
+
+
+def test_push_input_checks(tmp_path):
+    with pytest.raises(UserError, match="ORG/NAME"):
+        run_push(PushConfig(input=_sft_folder(tmp_path / "a"), repo_id="no-slash", dry_run=True))
+    with pytest.raises(UserError, match="not an mrt-star stage output"):
+        (tmp_path / "empty").mkdir()
+        run_push(PushConfig(input=str(tmp_path / "empty"), repo_id="me/x", dry_run=True))
+    half = Store(tmp_path / "half", "score", {}, "fp")
+    half.write_shard(0, [{"a": 1}])
+    with pytest.raises(UserError, match="unfinished"):
+        run_push(PushConfig(input=str(tmp_path / "half"), repo_id="me/x", dry_run=True))
+
+
+def test_push_cli_takes_the_folder_positionally(tmp_path):
+    from mrt_star.cli import main
+
+    folder = _sft_folder(tmp_path / "sft")
+    assert main(["push", folder, "--repo-id", "me/toy-mrt", "--dry-run"]) == 0
+    assert (tmp_path / "sft" / "README.md").exists()
+    assert main(["push", folder, "--dry-run"]) == 2  # repo id is required
