@@ -96,6 +96,13 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
     sft = _call("mrt_star.filter", "FilterConfig", "run_filter", cfg.filter,
                 {**io, "input": str(scored), "output": str(own / "sft"), "rule": rule}, "filter")
     model_dir = own / "model"
+    kept = _summary(sft).get("kept_rows")
+    if kept == 0:  # nothing to learn from: the next round samples from the same model again
+        from mrt_star.console import console
+
+        console.print(f"[yellow]{rule} round {round_index}: the filter kept no traces; the model is carried over unchanged")
+        return {"rule": rule, "round": round_index, "model_in": model, "model_out": model,
+                "generate": _summary(traces), "score": _summary(scored), "filter": _summary(sft), "finetune": {}}
     if not _finetuned(model_dir):
         _call("mrt_star.train", "FinetuneConfig", "run_finetune", cfg.finetune,
               {**io, "input": str(sft), "output": str(model_dir), "model": model, "overwrite": True}, "finetune")
