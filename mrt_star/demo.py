@@ -33,8 +33,9 @@ def _run_seed(seed: int, rules: list[str], out: Path, fast: bool) -> dict[str, A
 
     run_recipe = _load_recipe("run.yaml")
     eval_recipe = _load_recipe("eval.yaml")
-    if fast:  # a smaller world for the test suite's end-to-end check
-        run_recipe.update(limit=8, rounds=1)
+    if fast:  # the micro model and a tiny world: checks the plumbing in a minute, measures nothing
+        run_recipe.update(model="toy-micro", limit=8, rounds=1)
+        run_recipe["filter"] = {**run_recipe.get("filter", {}), "min_j_end": -1}
         eval_recipe.update(limit=6)
     run_cfg = build_config(RunConfig, {**run_recipe, "rules": rules, "seed": seed,
                                        "output": str(out / f"seed-{seed}" / "run")}, source="recipes/toy/run.yaml")
