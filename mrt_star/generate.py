@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +153,34 @@ def grader_workers() -> int:
     return max(1, min(2, (os.cpu_count() or 1) - 1))
 
 
-def warm_grader(grader: Any) -> None:
-    """Start the grader's symbolic workers in the background while the model loads.
+class GraderWarmup:
+    """Start a grader's symbolic workers in a background thread while the model loads.
 
     Each worker imports math-verify and sympy (seconds of CPU); started lazily they would stall the
-    first shard. The grader's lock makes later calls wait for the warm-up rather than race it.
+    first shard. The grader's lock makes later calls wait for the warm-up rather than race it; `stop()`
+    must run before the grader is closed, so no worker is started after its pool was shut.
     """
-    if getattr(grader, "mode", None) != "symbolic":
-        return
 
-    def warm() -> None:
+    def __init__(self, grader: Any):
+        self.grader, self.cancelled = grader, threading.Event()
+        self.thread = None
+        if getattr(grader, "mode", None) == "symbolic":
+            self.thread = threading.Thread(target=self._warm, name="mrt-star-grader-warmup", daemon=True)
+            self.thread.start()
+
+    def _warm(self) -> None:
+        if self.cancelled.is_set():
+            return
         try:
-            grader.grade_many(GRADER_WARMUP)
+            self.grader.grade_many(GRADER_WARMUP)
         except Exception:  # a warm-up failure resurfaces, with its message, at the first real grading call
             pass
 
-    threading.Thread(target=warm, name="mrt-star-grader-warmup", daemon=True).start()
+    def stop(self) -> None:
+        """Cancel the warm-up if it has not begun, else wait for it to end."""
+        self.cancelled.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def derive_seed(*parts: Any) -> int:
@@ -349,7 +361,7 @@ def trace_rows(grader: Any, cfg: GenerateConfig, traces: list[Trace],
         rows.append({
             "problem_id": str(it["problem_id"]), "problem": it["problem"], "answer": str(it["answer"]),
             "format": cfg.format, "sample_index": t.sample_index, "prompt": list(it["prompt"]),
-            "completion": t.text, "episodes": [{"text": e, "num_tokens": n} for e, n in zip(eps, counts)],
+            "completion": t.text, "episodes": [{"text": e, "num_tokens": n} for e, n in zip(eps, counts, strict=True)],
             "num_tokens": total, "finish_reason": t.finish_reason, "final_answer": final.extracted,
             "correct": bool(final.correct),
             "first_attempt_correct": None if first.extracted is None else bool(first.correct),
@@ -447,10 +459,11 @@ def run_generate(cfg: GenerateConfig) -> Path:
         return output
 
     grader = Grader(mode=cfg.grading, workers=grader_workers())
-    warm_grader(grader)
+    warmup = GraderWarmup(grader)
     try:
         engine = load_engine(cfg.engine, model_path, **engine_kwargs(cfg))
     except BaseException:
+        warmup.stop()
         grader.close()
         raise
     try:
@@ -485,6 +498,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
         seconds = time.perf_counter() - start
     finally:
         engine.close()
+        warmup.stop()
         grader.close()
     timings = store.manifest.setdefault("timings", {})
     timings["sampling_seconds"] = round(timings.get("sampling_seconds", 0.0) + seconds, 3)

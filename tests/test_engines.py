@@ -21,7 +21,9 @@ ENGINE_PARAMS = [
 def engine(request, micro_model):
     if request.param not in available_engines():
         pytest.skip(f"engine {request.param!r} is not available on this machine")
-    options = {"batch_size": 16} if request.param == "transformers" else {"gpu_memory_utilization": 0.3}
+    # float32 on vLLM too (it would pick fp16 for a float32 checkpoint), so logprobs compare to a CPU pass.
+    options = {"batch_size": 16} if request.param == "transformers" else {"gpu_memory_utilization": 0.3,
+                                                                         "dtype": "float32"}
     eng = load_engine(request.param, str(micro_model), **options)
     yield eng
     eng.close()
@@ -46,7 +48,7 @@ def test_n_samples_per_request_in_order(engine):
     requests = [ask("12+7"), ask("3x+1=7"), ask("1/2+1/3")]
     out = engine.generate(requests, SamplingParams(n=3, temperature=1.0, max_new_tokens=20, seed=0))
     assert [len(samples) for samples in out] == [3, 3, 3]
-    for request, samples in zip(requests, out):
+    for request, samples in zip(requests, out, strict=True):
         expected = engine.count_tokens([engine.render(request)])[0]
         assert all(c.prompt_tokens == expected for c in samples)
         assert all(c.finish_reason in ("stop", "length") for c in samples)
@@ -151,8 +153,31 @@ def test_one_prefill_serves_n_samples(micro_model):
     requested = eng.stats.prompt_tokens_requested - before[1]
     assert requested == 4 * sum(lengths)
     assert encoded == sum(n - 1 for n in lengths) + 4 * len(lengths)  # prefix once, last token per sample
-    for one, four in zip(single, shared):
+    for one, four in zip(single, shared, strict=True):
         assert [c.text for c in four] == [one[0].text] * 4
+    eng.close()
+
+
+@pytest.mark.gpu
+def test_transformers_engine_on_cuda(micro_model):
+    """The same engine on a GPU: n samples from one prefill, seeds, stop strings, logprobs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    eng = load_engine("transformers", str(micro_model), device="cuda", dtype="float32")
+    requests = [ask("25-2+3+4"), ask("4x+9=5")]
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=40, seed=3, stop=("\n",))
+    first, second = eng.generate(requests, params), eng.generate(requests, params)
+    assert [[c.text for c in s] for s in first] == [[c.text for c in s] for s in second]
+    assert all("\n" not in c.text for s in first for c in s)
+    assert eng.stats.prompt_tokens_encoded < eng.stats.prompt_tokens_requested
+    greedy = eng.generate(requests, SamplingParams(n=3, temperature=0.0, max_new_tokens=30))
+    single = eng.generate(requests, SamplingParams(n=1, temperature=0.0, max_new_tokens=30))
+    assert [[c.text for c in s] for s in greedy] == [[s[0].text] * 3 for s in single]
+    likely = single[0][0].text
+    assert eng.continuation_logprobs([requests[0]] * 2, [likely, "}}}qqq"[: len(likely)]]) == sorted(
+        eng.continuation_logprobs([requests[0]] * 2, [likely, "}}}qqq"[: len(likely)]]), reverse=True)
     eng.close()
 
 
@@ -197,7 +222,7 @@ def _fake_vllm(monkeypatch, max_model_len=64):
         def generate(self, prompts, params, use_tqdm=True):
             calls.append((prompts, [p.kw for p in params]))
             outs = []
-            for prompt, p in zip(prompts, params):
+            for prompt, p in zip(prompts, params, strict=True):
                 ids = prompt["prompt_token_ids"]
                 if p.kw.get("prompt_logprobs") is not None:
                     logprobs = [None] + [{t: NS(logprob=-0.5 * j), t + 1000: NS(logprob=-9.0)}
@@ -249,3 +274,13 @@ def test_vllm_adapter_against_a_stand_in(monkeypatch, micro_model):
         eng.generate([ask("9" * 80)], GREEDY)
     eng.close()
     assert _split(10, 3) == [(0, 4), (4, 7), (7, 10)] and _split(2, 3) == [(0, 1), (1, 2), (2, 2)]
+
+
+def test_vllm_adapter_greedy_asks_once(monkeypatch, micro_model):
+    from mrt_star.engines.vllm_engine import VLLMEngine
+
+    calls = _fake_vllm(monkeypatch)
+    eng = VLLMEngine(str(micro_model))
+    out = eng.generate([ask("12+7")], SamplingParams(n=3, temperature=0.0, max_new_tokens=5, seed=1))
+    assert calls[-1][1][0]["n"] == 1 and [c.text for c in out[0]] == ["s1-0"] * 3
+    eng.close()

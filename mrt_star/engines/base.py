@@ -2,14 +2,15 @@
 
 Stages only talk to this protocol, so the same generate/score/eval code runs on the CPU toy model and
 on a GPU with a real model. Every engine renders prompts with `render_chat` and tokenizes the rendered
-text the same way (`encode_prompt`), so a prefill means the same token sequence on every backend.
+text the same way (`encode_text`), so a prefill means the same token sequence on every backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mrt_star.errors import UserError
 

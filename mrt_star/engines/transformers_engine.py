@@ -120,7 +120,6 @@ class TransformersEngine:
 
     def _sample_batch(self, prompts: list[list[int]], k: int, params: SamplingParams) -> list[list[Completion]]:
         """Return k completions for each prompt of one batch."""
-        torch = self._torch
         input_ids, mask = self._left_pad(prompts)
         width = input_ids.shape[1]
         kwargs = self._sampling_kwargs(params, max_new=max(1, min(params.max_new_tokens, self.max_context - width)))
@@ -233,7 +232,7 @@ class TransformersEngine:
         start = time.perf_counter()
         prompts = self._encode_requests(requests, room=0)
         conts = encode_text(self.tokenizer, list(continuations))
-        seqs = [p + c for p, c in zip(prompts, conts)]
+        seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
         for i, seq in enumerate(seqs):
             if len(seq) > self.max_context:
                 raise PromptTooLong(i, len(seq), self.max_context)
@@ -302,7 +301,7 @@ class _StopStrings:
             live = [r for r in rows if r not in self.fired]
             if live:
                 tails = input_ids[live, self.start:][:, -self.window:].tolist()
-                for r, text in zip(live, self.tokenizer.batch_decode(tails, skip_special_tokens=True)):
+                for r, text in zip(live, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True):
                     if any(s in text for s in self.stops):
                         self.fired[r] = generated
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

@@ -87,16 +87,20 @@ class VLLMEngine:
         """Return `params.n` completions for each request, in request order."""
         start = time.perf_counter()
         ids = self._encode_requests(requests)
-        settings = [self._settings(params, len(seq), i) for i, seq in enumerate(ids)]
+        # Greedy samples are all the same: ask for one (some vLLM versions refuse n > 1 when greedy).
+        greedy = params.temperature <= 0 and params.n > 1
+        asked = SamplingParams(**{**params.__dict__, "n": 1}) if greedy else params
+        settings = [self._settings(asked, len(seq), i) for i, seq in enumerate(ids)]
         answers = self._dispatch("generate", ids, settings)
         results = []
         for seq, (samples, cached) in zip(ids, answers, strict=True):
-            results.append([Completion(text, len(seq), tokens, "stop" if reason == "stop" else "length", stop)
-                            for text, tokens, reason, stop in samples])
             self.stats.completion_tokens += sum(s[1] for s in samples)
             self.stats.extra["prefix_cache_hit_tokens"] = self.stats.extra.get("prefix_cache_hit_tokens", 0) + cached
             # vLLM reports cache hits per request, not per parallel sample: the encoded count is an estimate.
-            self.stats.prompt_tokens_encoded += max(len(seq), params.n * len(seq) - cached)
+            self.stats.prompt_tokens_encoded += max(asked.n, asked.n * len(seq) - cached)
+            samples = samples * params.n if greedy else samples
+            results.append([Completion(text, len(seq), tokens, "stop" if reason == "stop" else "length", stop)
+                            for text, tokens, reason, stop in samples])
         self.stats.requests += len(requests)
         self.stats.prompt_tokens_requested += params.n * sum(len(s) for s in ids)
         self.stats.generate_seconds += time.perf_counter() - start
@@ -120,7 +124,7 @@ class VLLMEngine:
         start = time.perf_counter()
         prompts = self._encode_requests(requests, room=0)
         conts = encode_text(self.tokenizer, list(continuations))
-        seqs = [p + c for p, c in zip(prompts, conts)]
+        seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
         for i, seq in enumerate(seqs):
             if len(seq) + 1 > self.max_context:  # vLLM still samples one token after the sequence
                 raise PromptTooLong(i, len(seq), self.max_context)
@@ -139,7 +143,7 @@ class VLLMEngine:
             return _RUNNERS[kind](self._llm, prompts, settings, *extra)
         blocks = _split(len(prompts), len(self._replicas))
         busy = []
-        for replica, (a, b) in zip(self._replicas, blocks):
+        for replica, (a, b) in zip(self._replicas, blocks, strict=True):
             if b > a:
                 replica.send(kind, (prompts[a:b], settings[a:b], *[e[a:b] for e in extra]))
                 busy.append(replica)
