@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from mrt_star.config import ConfigError, StageIO, option, parse_config
-from dataclasses import dataclass
 
 
 @dataclass

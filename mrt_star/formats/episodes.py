@@ -7,6 +7,7 @@ exactly the first j+1 pieces joined, and token spans can be counted piece by pie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from mrt_star.formats.prompts import (
     ATTEMPT_SEPARATOR,
@@ -84,7 +85,7 @@ def _split_open(trace: str, options: EpisodeOptions) -> list[str]:
 
 def _cut(text: str, starts: list[int]) -> list[str]:
     bounds = [0, *[s for s in starts if s > 0], len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in pairwise(bounds)]
 
 
 def episode_prefixes(episodes: list[str]) -> list[str]:

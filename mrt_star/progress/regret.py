@@ -8,6 +8,7 @@ The best achievable curve is J = 1 from the first token, so 0 is perfect and 1 i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 
 def area_under(tokens: Sequence[float], values: Sequence[float], budget: float, start_value: float = 0.0) -> float:
@@ -17,7 +18,7 @@ def area_under(tokens: Sequence[float], values: Sequence[float], budget: float, 
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} token positions but {len(values)} J values")
     xs, ys = [0.0], [float(start_value)]
-    for t, v in zip(tokens, values):
+    for t, v in zip(tokens, values, strict=True):
         if t < xs[-1]:
             raise ValueError("token positions must not decrease")
         if t == xs[-1]:
@@ -26,7 +27,7 @@ def area_under(tokens: Sequence[float], values: Sequence[float], budget: float, 
         xs.append(float(t))
         ys.append(float(v))
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    for (x0, y0), (x1, y1) in pairwise(zip(xs, ys, strict=True)):
         if x0 >= budget:
             break
         if x1 > budget:  # interpolate at the budget
