@@ -142,7 +142,7 @@ def test_chat_template_keeps_a_prefilled_turn_exact(tokenizer):
     out = tokenizer.apply_chat_template([user, {"role": "assistant", "content": "\\boxed{11}"}], tokenize=True,
                                         return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
-    assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == "\\boxed{11}<|end|>"
+    assert tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "\\boxed{11}<|end|>"
 
 
 # --- warm-start traces ----------------------------------------------------------------------------

@@ -59,10 +59,10 @@ class Recipe:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": dict(hidden_size=128, layers=3, heads=4, intermediate_size=384, steps=1500, batch_size=16,
-                    lr=3e-3, forced_share=0.25, drill_share=0.3, eval_problems=60, max_new_tokens=400),
-    "micro": dict(hidden_size=64, layers=2, heads=4, intermediate_size=192, steps=250, batch_size=16,
-                  lr=6e-3, forced_share=0.25, drill_share=0.3, eval_problems=24, max_new_tokens=300),
+    "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=1500, batch_size=16,
+                    lr=3e-3, forced_share=0.25, drill_share=0.4, eval_problems=60, max_new_tokens=400),
+    "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=300, batch_size=16,
+                  lr=4e-3, forced_share=0.25, drill_share=0.4, eval_problems=24, max_new_tokens=300),
 }
 
 
@@ -138,7 +138,7 @@ def training_examples(recipe: Recipe, rng: random.Random, exclude: set[str],
     return out
 
 
-def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 24) -> list[tuple[str, bool]]:
+def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 16) -> list[tuple[str, bool]]:
     """Return a drill as segments: one fact per line, trained only on the results."""
     segments = []
     for op, result in arithmetic_facts(rng, difficulty, n_facts):
@@ -300,14 +300,14 @@ def evaluate(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
         texts = sample_completions(model, tokenizer, [render_chat(tokenizer, [u]) for u in users],
                                    recipe.max_new_tokens, recipe.seed + i)
         refs = [toy_value(p["answer"]) for p in problems]
-        final = [toy_value(last_boxed(t)) == r for t, r in zip(texts, refs)]
-        first = [toy_value(last_boxed(split_episodes(t, fmt)[0])) == r for t, r in zip(texts, refs)]
+        final = [toy_value(last_boxed(t)) == r for t, r in zip(texts, refs, strict=True)]
+        first = [toy_value(last_boxed(split_episodes(t, fmt)[0])) == r for t, r in zip(texts, refs, strict=True)]
         # The prover on the empty prefix: how often a forced answer with no work is right (J(-1)).
         forced = [render_chat(tokenizer, [u, {"role": "assistant", "content": FORCE_TEXT[fmt]}]) for u in users]
         answers = sample_completions(model, tokenizer, forced, 24, recipe.seed + 10 + i)
         if fmt != "open":
             answers = ["\\boxed{" + a for a in answers]
-        empty = [toy_value(last_boxed(a)) == r for a, r in zip(answers, refs)]
+        empty = [toy_value(last_boxed(a)) == r for a, r in zip(answers, refs, strict=True)]
         row = {
             "first_attempt_accuracy": _mean(first),
             "final_accuracy": _mean(final),
@@ -315,7 +315,7 @@ def evaluate(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
             "mean_chars": _mean([len(t) for t in texts]),
             "prover_empty_prefix_accuracy": _mean(empty),
             "final_accuracy_by_family": {
-                fam: _mean([ok for ok, p in zip(final, problems) if p["family"] == fam]) for fam in FAMILIES
+                fam: _mean([ok for ok, p in zip(final, problems, strict=True) if p["family"] == fam]) for fam in FAMILIES
             },
             "example": texts[0],
         }

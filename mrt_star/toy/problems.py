@@ -11,9 +11,9 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from collections.abc import Callable
 from math import gcd
 from pathlib import Path
 

@@ -33,9 +33,9 @@ def test_default_build_report_is_in_band(toy_model):
 def test_sampled_backtrack_traces_contain_backtracks(toy_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mrt_star.toy.build import sample_completions
     from mrt_star.formats.chat import render_chat
     from mrt_star.formats.prompts import user_prompt
+    from mrt_star.toy.build import sample_completions
     from mrt_star.toy.problems import generate_problems
 
     tok = AutoTokenizer.from_pretrained(toy_model)
