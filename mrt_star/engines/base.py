@@ -184,3 +184,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
         if 0 <= i < best:
             best, which = i, s
     return (text[:best], which) if which is not None else (text, None)
+
+
+class PromptText:
+    """Rendering and token counting shared by every engine (needs `tokenizer` and `max_context`)."""
+
+    tokenizer: Any
+    max_context: int
+
+    def render(self, request: Request) -> str:
+        """Return the exact prompt text the model sees for `request`."""
+        return render_request(self.tokenizer, request)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Return the token count of each text (no special tokens added)."""
+        return [len(ids) for ids in encode_text(self.tokenizer, texts)]
+
+    def _encode_requests(self, requests: Sequence[Request], room: int = 1) -> list[list[int]]:
+        """Return the prompt token ids of each request; raise PromptTooLong when one leaves no room."""
+        ids = encode_text(self.tokenizer, [self.render(r) for r in requests])
+        for i, seq in enumerate(ids):
+            if len(seq) + room > self.max_context:
+                raise PromptTooLong(i, len(seq), self.max_context)
+        return ids

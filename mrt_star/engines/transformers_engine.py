@@ -21,13 +21,13 @@ from typing import Any
 from mrt_star.engines.base import (
     Completion,
     EngineStats,
+    PromptText,
     PromptTooLong,
     Request,
     SamplingParams,
     cut_at_stop,
     encode_text,
     load_tokenizer,
-    render_request,
 )
 from mrt_star.errors import UserError
 
@@ -35,7 +35,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 SMALL_MODEL_PARAMS = 50_000_000  # below this, CPU sampling runs single-threaded by default
 
 
-class TransformersEngine:
+class TransformersEngine(PromptText):
     """Sample with a Hugging Face causal LM; `batch_size` is the number of sequences decoded together."""
 
     name = "transformers"
@@ -66,22 +66,6 @@ class TransformersEngine:
         self.threads = threads or _default_threads(self.model, self.device)
         self._stop_masks: dict[str, Any] = {}
         self._token_texts: dict[str, list[str]] = {}
-
-    # -- text -------------------------------------------------------------------------------------
-    def render(self, request: Request) -> str:
-        """Return the exact prompt text the model sees for `request`."""
-        return render_request(self.tokenizer, request)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Return the token count of each text (no special tokens added)."""
-        return [len(ids) for ids in encode_text(self.tokenizer, texts)]
-
-    def _encode_requests(self, requests: Sequence[Request], room: int = 1) -> list[list[int]]:
-        ids = encode_text(self.tokenizer, [self.render(r) for r in requests])
-        for i, seq in enumerate(ids):
-            if len(seq) + room > self.max_context:
-                raise PromptTooLong(i, len(seq), self.max_context)
-        return ids
 
     # -- sampling ---------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Completion]]:

@@ -23,12 +23,12 @@ from typing import Any
 from mrt_star.engines.base import (
     Completion,
     EngineStats,
+    PromptText,
     PromptTooLong,
     Request,
     SamplingParams,
     encode_text,
     load_tokenizer,
-    render_request,
 )
 from mrt_star.errors import UserError
 
@@ -36,7 +36,7 @@ from mrt_star.errors import UserError
 _Answer = tuple[list[tuple[str, int, str, str | None]], int]
 
 
-class VLLMEngine:
+class VLLMEngine(PromptText):
     """Sample with vLLM's offline `LLM`; extra keyword options go to `vllm.LLM` (e.g. max_num_seqs)."""
 
     name = "vllm"
@@ -65,22 +65,6 @@ class VLLMEngine:
             self._replicas = [_Replica(rank, gpus, self.model_name, options) for rank, gpus in enumerate(groups)]
             context = min(r.wait_ready() for r in self._replicas)
         self.max_context = int(max_model_len or context)
-
-    # -- text -------------------------------------------------------------------------------------
-    def render(self, request: Request) -> str:
-        """Return the exact prompt text the model sees for `request`."""
-        return render_request(self.tokenizer, request)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Return the token count of each text (no special tokens added)."""
-        return [len(ids) for ids in encode_text(self.tokenizer, texts)]
-
-    def _encode_requests(self, requests: Sequence[Request], room: int = 1) -> list[list[int]]:
-        ids = encode_text(self.tokenizer, [self.render(r) for r in requests])
-        for i, seq in enumerate(ids):
-            if len(seq) + room > self.max_context:
-                raise PromptTooLong(i, len(seq), self.max_context)
-        return ids
 
     # -- sampling ---------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Completion]]:
