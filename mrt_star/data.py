@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mrt_star.errors import UserError
+from mrt_star.grading.extract import last_boxed
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 PROBLEM_COLUMNS = ("problem", "question", "prompt")
@@ -38,24 +39,6 @@ class ProblemSource:
     shuffle: bool = False
     seed: int = 0
     toy_n: int = 500
-
-
-def last_boxed(text: str) -> str | None:
-    """Return the content of the last `\\boxed{...}` in `text` (balanced braces), or None."""
-    start = text.rfind("\\boxed")
-    while start >= 0:
-        i = start + len("\\boxed")
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                if depth == 0:
-                    return text[i + 1 : j]
-                j += 1
-        start = text.rfind("\\boxed", 0, start)
-    return None
 
 
 def problem_id(problem: str, answer: str) -> str:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from mrt_star.data import last_boxed
 from mrt_star.engines.base import Completion
 from mrt_star.formats.episodes import EpisodeOptions, episode_prefixes, split_episodes
 from mrt_star.formats.prompts import (
@@ -20,6 +19,7 @@ from mrt_star.formats.prompts import (
     THINK_CLOSE_TEXT,
     THINK_FORCE_TEXT,
 )
+from mrt_star.grading.extract import last_boxed
 from mrt_star.progress.metrics import (
     cumulative_progress,
     estimator_agreement,
