@@ -130,6 +130,36 @@ def test_tokenizer_round_trips_every_world_character(tokenizer, problems):
         assert tokenizer.decode(ids) == text
 
 
+def test_fast_char_encoder_matches_the_tokenizer(tokenizer):
+    from mrt_star.toy.tokenizer import char_encoder
+
+    encode = char_encoder(tokenizer)
+    rng = random.Random(9)
+    for p in generate_problems(9, seed=9):
+        messages, target = forced_messages(make_trace(p["problem"], "open", rng), 1)
+        text = render_chat(tokenizer, messages) + target + "<|end|> é"
+        assert encode(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_training_examples_train_on_traces_and_answers_not_prompts_or_force_text(tokenizer):
+    from mrt_star.toy.build import VARIANTS, Recipe, example_segments, prompt_heads, training_segments
+
+    heads = prompt_heads(tokenizer)
+    rng = random.Random(10)
+    trace = make_trace("3x+1=7", "backtrack", rng)
+    whole = example_segments(heads, "<|end|>", trace, None)
+    assert whole == [(render_chat(tokenizer, trace_messages(trace)[0]), False), (trace.text + "<|end|>", True)]
+    forced = example_segments(heads, "<|end|>", trace, 0)
+    messages, target = forced_messages(trace, 0)
+    assert "".join(t for t, _ in forced) == render_chat(tokenizer, messages) + target + "<|end|>"
+    assert [t for t, train in forced if train] == ["", "2}<|end|>"]
+    recipe = Recipe(**{**VARIANTS["micro"], "steps": 20}, difficulty=2, seed=0)
+    examples = training_segments(recipe, rng, {"3x+1=7"}, heads, "<|end|>")
+    assert len(examples) == 20 * recipe.batch_size
+    assert not any("3x+1=7" in t for ex in examples for t, _ in ex)
+    assert not any(FORCE_TEXT[fmt] in t for ex in examples for t, train in ex if train for fmt in FORMATS)
+
+
 def test_chat_template_keeps_a_prefilled_turn_exact(tokenizer):
     user = {"role": "user", "content": "[backtrack] 26-3-6-6"}
     prompt = render_chat(tokenizer, [user])

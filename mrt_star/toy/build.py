@@ -34,9 +34,11 @@ from mrt_star.toy.traces import (
 )
 
 # Bump when the world (problems, trace grammar, training recipe) changes so cached builds are redone.
-WORLD_VERSION = "toy-world-1"
+WORLD_VERSION = "toy-world-5"
 REPORT_FILE = "build_report.json"
 EVAL_SEED_OFFSET = 7919  # held-out problems come from a different stream than training problems
+# Backtracking gets the largest share: its check -> backtrack -> revision pattern is the rarest to learn.
+FORMAT_MIX = {"backtrack": 0.45, "linearized": 0.25, "open": 0.30}
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,9 @@ class Recipe:
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=1500, batch_size=16,
-                    lr=3e-3, forced_share=0.25, drill_share=0.4, eval_problems=60, max_new_tokens=400),
-    "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=300, batch_size=16,
-                  lr=4e-3, forced_share=0.25, drill_share=0.4, eval_problems=24, max_new_tokens=300),
+                    lr=3e-3, forced_share=0.2, drill_share=0.3, eval_problems=90, max_new_tokens=400),
+    "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=600, batch_size=8,
+                  lr=5e-3, forced_share=0.2, drill_share=0.4, eval_problems=12, max_new_tokens=250),
 }
 
 
@@ -116,13 +118,18 @@ def is_built(folder: Path) -> bool:
 # --- data -----------------------------------------------------------------------------------------
 
 
-def training_examples(recipe: Recipe, rng: random.Random, exclude: set[str],
-                      style: TraceStyle = TraceStyle()) -> list[list[tuple[str, bool]] | tuple[WarmTrace, int | None]]:
-    """Return the build's examples: drills (as segments) and (trace, forced prefix index or None) pairs.
+# An example as (text, trained on?) pieces: the loss covers only the trained pieces.
+Segments = list[tuple[str, bool]]
 
-    Open-format forcing examples come at half the rate: the parity force text is ~200 characters long.
+
+def training_segments(recipe: Recipe, rng: random.Random, exclude: set[str], heads: dict[str, str], end: str,
+                      style: TraceStyle = TraceStyle()) -> list[Segments]:
+    """Return the build's examples: arithmetic drills, whole traces and forced-prover examples.
+
+    Problems in `exclude` (the held-out set) are never trained on; `heads` and `end` come from
+    `prompt_heads` and the tokenizer's end token.
     """
-    out: list = []
+    out: list[Segments] = []
     while len(out) < recipe.steps * recipe.batch_size:
         if rng.random() < recipe.drill_share:
             out.append(drill_segments(rng, recipe.difficulty))
@@ -130,15 +137,14 @@ def training_examples(recipe: Recipe, rng: random.Random, exclude: set[str],
         problem = sample_problem(rng, rng.choice(FAMILIES), recipe.difficulty)
         if problem in exclude:
             continue
-        fmt = rng.choice(FORMATS)
+        fmt = rng.choices(list(FORMAT_MIX), weights=list(FORMAT_MIX.values()))[0]
         trace = make_trace(problem, fmt, rng, style)
-        share = recipe.forced_share / 2 if fmt == "open" else recipe.forced_share
-        j = rng.randrange(len(trace.episodes) + 1) if rng.random() < share else None
-        out.append((trace, j))
+        j = rng.randrange(len(trace.episodes) + 1) if rng.random() < recipe.forced_share else None
+        out.append(example_segments(heads, end, trace, j))
     return out
 
 
-def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 16) -> list[tuple[str, bool]]:
+def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 16) -> Segments:
     """Return a drill as segments: one fact per line, trained only on the results."""
     segments = []
     for op, result in arithmetic_facts(rng, difficulty, n_facts):
@@ -146,7 +152,7 @@ def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 16) -> li
     return segments
 
 
-def example_segments(heads: dict[str, str], end: str, trace: WarmTrace, j: int | None) -> list[tuple[str, bool]]:
+def example_segments(heads: dict[str, str], end: str, trace: WarmTrace, j: int | None) -> Segments:
     """Return the example as (text, trained on?) segments; `heads` maps a format to its rendered prompt.
 
     A whole trace trains on everything after the prompt. A forcing example (prefix j) trains on the
@@ -172,7 +178,7 @@ def prompt_heads(tokenizer) -> dict[str, str]:
             for fmt in FORMATS}
 
 
-def encode_examples(tokenizer, examples: list[list[tuple[str, bool]]]) -> list[tuple[list[int], list[bool]]]:
+def encode_examples(tokenizer, examples: list[Segments]) -> list[tuple[list[int], list[bool]]]:
     """Return (token ids, trained-on mask) per example."""
     encode = char_encoder(tokenizer)
     out = []
@@ -291,7 +297,8 @@ def evaluate(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
     from mrt_star.formats.chat import render_chat
     from mrt_star.formats.episodes import split_episodes
     from mrt_star.formats.prompts import BACKTRACK_RE, FORCE_TEXT, user_prompt
-    from mrt_star.toy.traces import TOY_TEMPLATE, last_boxed, toy_value
+    from mrt_star.grading.extract import last_boxed
+    from mrt_star.toy.traces import TOY_TEMPLATE, toy_value
 
     problems = eval_problems(recipe)
     report: dict[str, Any] = {"per_format": {}}
@@ -385,9 +392,7 @@ def run_toy_build(cfg: ToyBuildConfig) -> Path:
 
     tokenizer = build_tokenizer()
     held_out = {p["problem"] for p in eval_problems(recipe)}
-    heads = prompt_heads(tokenizer)
-    segments = [ex if isinstance(ex, list) else example_segments(heads, tokenizer.eos_token, *ex)
-                for ex in training_examples(recipe, rng, held_out)]
+    segments = training_segments(recipe, rng, held_out, prompt_heads(tokenizer), tokenizer.eos_token)
     batches = make_batches(encode_examples(tokenizer, segments), recipe.batch_size, tokenizer.pad_token_id, rng)
     model = new_model(tokenizer, recipe)
     n_params = sum(p.numel() for p in model.parameters())

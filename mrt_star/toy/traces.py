@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from mrt_star.formats.prompts import (
     ATTEMPT_SEPARATOR,
@@ -46,11 +47,11 @@ OPEN_FORCED_ANSWER = "Answer:** \\boxed{{{answer}}}"
 class TraceStyle:
     """How the synthetic writer errs, checks and revises (probabilities)."""
 
-    slip: float = 0.15  # a first-attempt line shows a wrong value
+    slip: float = 0.12  # a first-attempt line shows a wrong value
     revision_slip: float = 0.05  # a line written after a backtrack / in a later attempt does
-    check_after_slip: float = 0.6  # the writer rechecks a line right after slipping on it
-    check_after_ok: float = 0.04  # ... or after a right line (a wasted check)
-    end_check: float = 0.4  # after a wrong boxed answer, recheck the faulty line
+    check_after_slip: float = 0.8  # the writer rechecks a line right after slipping on it
+    check_after_ok: float = 0.08  # ... or after a right line (a wasted check)
+    end_check: float = 0.4  # open format: after a wrong conclusion, "Wait" and recheck the faulty line
     check_slip: float = 0.04  # a check itself miscomputes (a spurious "wrong", J dips)
     restart: float = 0.15  # after an undetected wrong answer, start over without a check
     lucky: float = 0.2  # a wrong intermediate still lands on the right final value
@@ -143,6 +144,8 @@ class _Writer:
 
 
 def _backtrack_trace(w: _Writer) -> tuple[list[str], list[str]]:
+    # A check recomputes the line just written ("Check Line k: ..."), so it only has to copy the
+    # operation from the line above; after a wrong boxed answer the writer may restart blindly.
     style, rng = w.style, w.rng
     episodes: list[str] = []
     supported = [w.finish([])]
@@ -166,24 +169,12 @@ def _backtrack_trace(w: _Writer) -> tuple[list[str], list[str]]:
         if k == n:
             answer = latex_number(value_number(shown[-1]))
             text += f"\\boxed{{{answer}}}"
-            wrong = w.first_wrong(shown)
-            if wrong is not None and can_branch() and rng.random() < style.end_check:
-                step = next_step(w.problem, shown[:wrong])
-                seen = w.check_value(step.value)
-                if seen != shown[wrong]:
-                    text += f"\nCheck Line {wrong + 1}: {step.check}={plain_value(seen)} wrong\n"
-                    backtrack(wrong, seen, seen)
-                    continue
-            elif answer != w.finish([]) and can_branch() and rng.random() < style.restart:
+            if answer != w.finish([]) and can_branch() and rng.random() < style.restart:
                 # Start over without knowing what went wrong; the redo may or may not be right.
                 supported.append(answer)
                 episodes.append(text + "\n")
                 text, shown, slip_p, forced = backtrack_line(None) + "\n", [], style.revision_slip, None
                 continue
-            elif wrong is None and rng.random() < style.check_after_ok:
-                j = rng.randrange(n)
-                step = next_step(w.problem, shown[:j])
-                text += f"\nCheck Line {j + 1}: {step.check}={plain_value(step.value)} ok"
             episodes.append(text)
             supported.append(answer)
             return episodes, supported
@@ -341,33 +332,14 @@ def forced_messages(trace: WarmTrace, j: int) -> tuple[list[dict[str, str]], str
     return prompt, forced_answer_text(trace.fmt, trace.supported[j])
 
 
-_BOXED = "\\boxed{"
-
-
-def last_boxed(text: str) -> str | None:
-    """Return the content of the last complete \\boxed{...} in `text` (None if there is none)."""
-    start = text.rfind(_BOXED)
-    while start >= 0:
-        depth, i = 1, start + len(_BOXED)
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start + len(_BOXED) : i - 1]
-        start = text.rfind(_BOXED, 0, start)
-    return None
-
-
 _TOY_NUMBER = re.compile(r"^(-?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)(?:/(\d+))?)$")
 
 
-def toy_value(answer: str | None):
+def toy_value(answer: str | None) -> Fraction | None:
     """Return the number a toy answer (`7`, `-\\frac{2}{3}`, `4/6`) stands for, or None if unreadable.
 
     A fast exact check for the toy world's own numbers; the pipeline grades with `mrt_star.grading`.
     """
-    from fractions import Fraction
-
     m = _TOY_NUMBER.match((answer or "").replace(" ", ""))
     if not m:
         return None
