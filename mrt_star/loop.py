@@ -11,6 +11,9 @@ Layout of `--output RUN`:
     RUN/<rule>/round-1/{sft,model}
     RUN/<rule>/round-k/{traces,scored,sft,model}   for k ≥ 2
     RUN/run_summary.json          the closing table's numbers
+
+With `equal_sft_size` (the default) every rule after the first is cut to the first rule's SFT row count in
+each round, so a comparison is not won by simply training on more rows.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class RunConfig(StageIO):
     filter: dict = option({}, "options of the filter stage (keys of `mrt-star filter --help`); `rule` is set per run")
     finetune: dict = option({}, "options of the finetune stage (keys of `mrt-star finetune --help`)")
     resample_problems: bool = option(False, "draw a fresh toy problem set each round (toy input only)")
+    equal_sft_size: bool = option(True, "cut every other rule's SFT set to the first rule's row count in each round, "
+                                  "so rules are compared at equal SFT sizes")
 
 
 def _stage(module: str, config: str, function: str):
@@ -93,8 +98,11 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
                    {**io, "input": str(problems), "output": str(base / "traces"), "model": model}, "generate")
     scored = _call("mrt_star.score", "ScoreConfig", "run_score", cfg.score,
                    {**io, "input": str(traces), "output": str(base / "scored"), "model": model}, "score")
-    sft = _call("mrt_star.filter", "FilterConfig", "run_filter", cfg.filter,
-                {**io, "input": str(scored), "output": str(own / "sft"), "rule": rule}, "filter")
+    fixed = {**io, "input": str(scored), "output": str(own / "sft"), "rule": rule}
+    first = cfg.rules[0]
+    if cfg.equal_sft_size and rule != first:
+        fixed["match_count_of"] = str(run_dir / first / f"round-{round_index}" / "sft")
+    sft = _call("mrt_star.filter", "FilterConfig", "run_filter", cfg.filter, fixed, "filter")
     model_dir = own / "model"
     kept = _summary(sft).get("kept_rows")
     if kept == 0:  # nothing to learn from: the next round samples from the same model again

@@ -61,5 +61,9 @@ def test_run_resumes_after_a_kill_between_stages(micro_model, easy_problems, tmp
     assert star["filter"]["kept_rows"] > 0 and (out / "star" / "round-1" / "model" / "training_summary.json").exists()
     # Both rules filtered the same shared round-1 samples.
     assert star["generate"] == summary[1]["generate"]
+    # ... and the second rule was cut to the first rule's SFT size.
+    assert 0 < summary[1]["filter"]["kept_rows"] <= star["filter"]["kept_rows"]
+    mrt_sft = json.loads((out / "mrt" / "round-1" / "sft" / "manifest.json").read_text())
+    assert mrt_sft["config"]["match_count_of"] == str(out / "star" / "round-1" / "sft")
     again = subprocess.run(_command(easy_problems, out) + ["--rounds", "2"], capture_output=True, text=True, env=env)
     assert again.returncode != 0 and "different config" in again.stderr
