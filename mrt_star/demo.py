@@ -18,6 +18,8 @@ from typing import Any
 
 RECIPES = Path("recipes/toy")
 METRICS = ("accuracy", "first_attempt_accuracy", "mean_tokens", "regret")
+# Round-1 filter statistics: does "most progress" pick something other than "shortest correct"?
+PICK_STATS = ("mrt_pick_equals_shortest", "mrt_pick_equals_shortest_contested", "contested_problems")
 
 
 def _load_recipe(name: str) -> dict[str, Any]:
@@ -47,9 +49,9 @@ def _run_seed(seed: int, rules: list[str], out: Path, fast: bool) -> dict[str, A
                                          "output": str(out / f"seed-{seed}" / "eval")}, source="recipes/toy/eval.yaml")
     eval_dir = run_eval(eval_cfg)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    picks = {r["rule"]: r["filter"].get("mrt_pick_equals_shortest") for r in summary if r["rule"] == "mrt"}
+    first_mrt = next((r["filter"] for r in summary if r["rule"] == "mrt" and r["round"] == 1), {})
     return {"seed": seed, "metrics": metrics, "run_dir": str(run_dir), "eval_dir": str(eval_dir),
-            "mrt_pick_equals_shortest": picks.get("mrt")}
+            **{key: first_mrt.get(key) for key in PICK_STATS}}
 
 
 def _metric(metrics: dict[str, Any], label: str, key: str) -> float | None:
@@ -110,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, diffs in report["paired"].items():
         comparison_table(f"paired difference {name} over seeds", ["metric", "mean", "std", "n"],
                          [[k, v["mean"], v["std"], v["n"]] for k, v in diffs.items()])
-    picks = [r["mrt_pick_equals_shortest"] for r in results if r["mrt_pick_equals_shortest"] is not None]
-    if picks:
-        report["mrt_pick_equals_shortest"] = statistics.fmean(picks)
-        console.print(f"MRT's pick equals the shortest correct trace for {report['mrt_pick_equals_shortest']:.0%} "
-                      "of round-1 problems")
+    for key in PICK_STATS:
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            report[key] = statistics.fmean(values)
+    if "mrt_pick_equals_shortest" in report:
+        console.print(f"round 1: MRT's pick equals the shortest correct trace for {report['mrt_pick_equals_shortest']:.0%} "
+                      f"of problems; {report.get('mrt_pick_equals_shortest_contested') or 0:.0%} of the "
+                      f"{report.get('contested_problems') or 0:.0f} problems whose correct traces differ in length")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"done in {report['seconds']:.0f} s; report: {out / 'report.json'}; plots: {results[0]['eval_dir']}")
     return 0

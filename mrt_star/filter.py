@@ -324,13 +324,24 @@ def rule_statistics(rows: list[dict[str, Any]], cfg: FilterConfig, grader: Any =
     return out
 
 
-def pick_equals_shortest(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]]) -> float | None:
-    """Return the share of problems whose best kept trace is the problem's shortest correct trace."""
+def contested(traces: list[dict[str, Any]]) -> bool:
+    """Return True when a problem's correct traces differ in length, so "shortest" is a real choice."""
+    return len({r["num_tokens"] for r in traces if r.get("correct")}) > 1
+
+
+def pick_equals_shortest(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]],
+                         contested_only: bool = False) -> float | None:
+    """Return the share of problems whose best kept trace is the problem's shortest correct trace.
+
+    With `contested_only`, count only problems whose correct traces differ in length: a problem with one
+    correct trace (or several of one length) agrees with "shortest" whatever the rule, which says nothing.
+    """
     groups = by_problem(rows)
     firsts: dict[Any, dict] = {}
     for row, _ in kept:
         firsts.setdefault(row["problem_id"], row)
-    same = [shortest_correct(groups[pid]) is row for pid, row in firsts.items()]
+    same = [shortest_correct(groups[pid]) is row for pid, row in firsts.items()
+            if not contested_only or contested(groups[pid])]
     return sum(same) / len(same) if same else None
 
 
@@ -358,6 +369,8 @@ def filter_summary(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]], ou
     }
     if cfg.rule == "mrt":
         summary["mrt_pick_equals_shortest"] = pick_equals_shortest(rows, kept)
+        summary["contested_problems"] = sum(contested(traces) for traces in problems.values())
+        summary["mrt_pick_equals_shortest_contested"] = pick_equals_shortest(rows, kept, contested_only=True)
     return summary
 
 

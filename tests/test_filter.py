@@ -74,6 +74,10 @@ def test_mrt_most_progress_correct_after_forcing():
     assert picks(FilterConfig(rule="mrt", per_problem=3, min_j_end=0.3))[-1] == ("p2", 0)
     # p1's pick is its shortest correct trace, p2's is not.
     assert pick_equals_shortest(ROWS, select(ROWS, cfg)) == 0.5
+    # A problem with a single correct trace agrees with "shortest" under any rule: counted only in the plain share.
+    single = [*ROWS, _row("p4", 0, ["Line 1: 3+4=7\n\\boxed{7}"], [0.0, 1.0], True)]
+    assert pick_equals_shortest(single, select(single, cfg)) == 2 / 3
+    assert pick_equals_shortest(single, select(single, cfg), contested_only=True) == 0.5
 
 
 def test_mrt_progress_requirements_and_trailing_episodes():

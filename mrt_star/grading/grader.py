@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from mrt_star.grading import hendrycks
@@ -34,6 +35,9 @@ _SPACING = re.compile(r"\\[!,;: ]|\\(?:left|right)(?![A-Za-z])")
 # A command name keeps one space before a letter (\pi r is not \pir); every other whitespace goes.
 _WHITESPACE = re.compile(r"(\\[A-Za-z]+) (?=[A-Za-z])|\s")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# An exact rational written plainly: 7, -3, \frac{2}{3}, -\frac{2}{3}, \frac{-2}{3}, 2/3 (no decimals: math-verify
+# compares those with rounding, so they go to the workers).
+_RATIONAL = re.compile(r"([+-]?)(?:\\frac\{([+-]?[0-9]{1,50})\}\{([0-9]{1,50})\}|([0-9]{1,50})/([0-9]{1,50})|([0-9]{1,50}))")
 
 
 @dataclass(frozen=True)
@@ -198,13 +202,30 @@ def _light(latex: str) -> str:
     return _WHITESPACE.sub(lambda m: m.group(1) + " " if m.group(1) else "", " ".join(latex.split()))
 
 
+def _rational(latex: str) -> Fraction | None:
+    """Return the value of a plainly written rational (`-7`, `\\frac{2}{3}`, `4/6`), None for anything else."""
+    m = _RATIONAL.fullmatch(latex)
+    if m is None:
+        return None
+    sign, num, den, slash_num, slash_den, integer = m.groups()
+    try:
+        value = Fraction(int(num), int(den)) if num else Fraction(int(slash_num), int(slash_den)) if slash_num \
+            else Fraction(int(integer))
+    except ZeroDivisionError:
+        return None
+    return -value if sign == "-" else value
+
+
 def _symbolic_fast_path(answer: str, reference: str) -> GradeResult | None:
-    """Return a result when no symbolic work is needed (same text, or two plain integers), else None."""
+    """Return a result when no symbolic work is needed (same text, or two plain rationals), else None."""
     a, r = _light(answer), _light(reference)
     if a == r:
         return _verdict(True, answer)
     if _INTEGER.fullmatch(a) and _INTEGER.fullmatch(r):
         return _verdict(int(a) == int(r), answer)
+    a_value, r_value = _rational(a), _rational(r)
+    if a_value is not None and r_value is not None:
+        return _verdict(a_value == r_value, answer)
     if not _balanced(answer):
         return GradeResult(False, answer, "unparseable")
     return None
