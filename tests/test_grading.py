@@ -278,6 +278,24 @@ def test_fast_paths_need_no_worker():
         assert g._pool is None and g.cache_info()["fast_path"] == 5
 
 
+RATIONALS = [("\\boxed{\\frac{4}{6}}", "\\frac{2}{3}", True), ("\\boxed{2/3}", "\\frac{2}{3}", True),
+             ("\\boxed{-\\frac{2}{3}}", "\\frac{-2}{3}", True), ("\\boxed{\\frac{6}{2}}", "3", True),
+             ("\\boxed{\\frac{2}{3}}", "\\frac{3}{2}", False), ("\\boxed{-7}", "7", False),
+             ("\\boxed{\\frac{-1}{3}}", "-\\frac{2}{6}", True), ("\\boxed{\\frac{1}{3}}", "-\\frac{1}{3}", False)]
+
+
+def test_plain_rationals_take_the_fast_path_and_agree_with_math_verify():
+    from mrt_star.grading._worker import check
+
+    with Grader("symbolic") as g:
+        results = g.grade_many([(c, r) for c, r, _ in RATIONALS])
+        assert g._pool is None and g.cache_info()["fast_path"] == len(RATIONALS)
+    assert [r.correct for r in results] == [label for _, _, label in RATIONALS]
+    # The same verdicts from math-verify itself (run here, in the main thread, without the fast path).
+    assert [check(r.extracted, ref)[0] for r, (_, ref, _) in zip(results, RATIONALS, strict=True)] == [
+        label for _, _, label in RATIONALS]
+
+
 def test_odd_inputs_do_not_raise(grader):
     results = grader.grade_many([(None, "1"), ("\\boxed{3}", 3), (b"\\boxed{3}", "3"), ("\\boxed{3}", None),
                                  ("\\boxed{3}",), ("\\boxed{2}", "2")])
