@@ -7,6 +7,7 @@ stays fast (torch, transformers and trl are imported inside the stages).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -71,9 +72,16 @@ def _fail(verb: str, message: str, code: int) -> int:
     return code
 
 
+def quiet_library_progress() -> None:
+    """Hide the per-map progress bars of `datasets` (our stages draw their own); HF_DATASETS_DISABLE_PROGRESS_BARS=0
+    brings them back. Read when datasets is imported, which the stages do lazily, after this."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `mrt-star`; return the exit code (0 ok, 1 failed stage or bad input, 2 bad config/usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_progress()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

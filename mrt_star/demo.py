@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="outputs/demo", help="where runs, evaluations and plots go")
     parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
     args = parser.parse_args(argv)
+    from mrt_star.cli import quiet_library_progress
     from mrt_star.console import comparison_table, console
+
+    quiet_library_progress()
     from mrt_star.errors import UserError
 
     rules = ["mrt", "star", "shortest"] if args.experiment else ["mrt", "star"]

@@ -23,11 +23,13 @@ from typing import Any
 
 from mrt_star.config import StageIO, config_to_dict, option
 from mrt_star.errors import UserError
+from mrt_star.formats.episodes import split_episodes
 from mrt_star.formats.prompts import THINK_CLOSE
 
 RULES = ("mrt", "star", "shortest")
 TRAILING = ("keep", "drop", "trim")
 TIE_BREAKS = ("tokens", "index")
+RANK_BY = ("progress", "regret")
 SUFFIX_SPLITS = ("first-episode", "none")
 
 
@@ -46,6 +48,11 @@ class FilterConfig(StageIO):
     min_cumulative_progress: float | None = option(None, "mrt: drop traces whose cumulative progress is below this")
     trailing: str = option("keep", "mrt: trailing episodes with negative progress: keep them, drop the trace, or "
                            "trim them off (the trimmed trace must still end correct)", choices=TRAILING)
+    rank_by: str = option("progress", "mrt: order a problem's candidates by most cumulative progress (J end − J "
+                          "start) or by lowest regret at `regret_budget` (J high early on the token axis)",
+                          choices=RANK_BY)
+    regret_budget: int | None = option(None, "mrt with rank_by regret: the scored budget to rank at; none: the "
+                                       "largest one scored")
     tie_break: str = option("tokens", "mrt: among equal progress prefer fewer tokens (tokens) or the earlier sample "
                             "(index)", choices=TIE_BREAKS)
     max_per_problem: int | None = option(None, "any rule: keep at most this many rows per problem")
@@ -192,12 +199,25 @@ def _ends_correct(text: str, row: dict[str, Any], grader: Any) -> bool:
     return bool(grader.grade_many([(text, row["answer"])])[0].correct)
 
 
-def _mrt_key(row: dict[str, Any], pick: dict[str, Any], tie_break: str) -> tuple:
+def regret_at(row: dict[str, Any], budget: int | None) -> float:
+    """Return the row's scored regret at `budget` (the largest scored budget when None)."""
+    points = {float(p["budget"]): float(p["value"]) for p in row.get("regret") or []}
+    if not points:
+        raise UserError("rank_by regret: the scored rows have no regret; score them with --budgets")
+    if budget is None:
+        return points[max(points)]
+    if float(budget) not in points:
+        raise UserError(f"regret_budget: {budget} was not scored; scored budgets: {sorted(int(b) for b in points)}")
+    return points[float(budget)]
+
+
+def _mrt_key(row: dict[str, Any], pick: dict[str, Any], cfg: FilterConfig) -> tuple:
     # Rounding keeps float noise (J as shares of K) from overriding the tie-break.
     progress = -round(pick["cumulative_progress"], 9)
-    if tie_break == "tokens":
-        return progress, pick["num_tokens"], _index(row)
-    return progress, _index(row)
+    first = (round(regret_at(row, cfg.regret_budget), 9), progress) if cfg.rank_by == "regret" else (progress,)
+    if cfg.tie_break == "tokens":
+        return *first, pick["num_tokens"], _index(row)
+    return *first, _index(row)
 
 
 def select(rows: list[dict[str, Any]], cfg: FilterConfig, grader: Any = None) -> list[tuple[dict, dict]]:
@@ -211,7 +231,7 @@ def select(rows: list[dict[str, Any]], cfg: FilterConfig, grader: Any = None) ->
             picks = [(best, _plain_pick(best))] if best else []
         else:
             scored = [(r, p) for r in traces if (p := mrt_candidate(r, cfg, grader)) is not None]
-            scored.sort(key=lambda rp: _mrt_key(rp[0], rp[1], cfg.tie_break))
+            scored.sort(key=lambda rp: _mrt_key(rp[0], rp[1], cfg))
             picks = scored[: cfg.per_problem]
         if cfg.max_per_problem is not None:
             picks = picks[: cfg.max_per_problem]
@@ -255,8 +275,9 @@ def prefix_suffix(text: str, row: dict[str, Any], how: str) -> tuple[str, str]:
     A backtracking trace with a revision gives its first attempt as the prefix and trains on what
     follows (the backtrack line and the revisions); any other trace trains on all of it.
     """
-    episodes = [e["text"] for e in row.get("episodes") or []]
-    if how == "first-episode" and row.get("format") == "backtrack" and len(episodes) > 1:
+    # Attempt-level cut whatever unit the scorer used (step episodes would make Line 1 the prefix).
+    episodes = split_episodes(text, "backtrack") if row.get("format") == "backtrack" else []
+    if how == "first-episode" and len(episodes) > 1:
         first = episodes[0]
         if text.startswith(first) and len(text) > len(first):
             return first, text[len(first):]

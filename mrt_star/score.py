@@ -17,7 +17,7 @@ from typing import Any
 
 from mrt_star.config import StageIO, config_to_dict, option
 from mrt_star.errors import UserError
-from mrt_star.formats.episodes import EpisodeOptions, split_episodes
+from mrt_star.formats.episodes import BACKTRACK_UNITS, EpisodeOptions, split_episodes
 from mrt_star.progress.prover import ESTIMATORS, ProverOptions, ProverQuery, prover_queries, run_prover
 
 NEEDED_COLUMNS = ("problem_id", "answer", "format", "prompt", "completion")
@@ -39,6 +39,8 @@ class ScoreConfig(StageIO):
     min_paragraphs: int = option(3, "open format: paragraphs an episode needs before a marker may split it")
     max_splits: int = option(48, "open format: at most this many split points (parity 45-49)")
     group_size: int = option(1, "open format: merge consecutive episodes in groups of this size (parity 3-5)")
+    backtrack_unit: str = option("attempt", "backtrack format: one episode per attempt (parity) or per numbered step "
+                                 "(J after every step; more prover calls)", choices=BACKTRACK_UNITS)
     grading: str = option("symbolic", "answer grading mode (see mrt_star.grading; 'hendrycks' for parity)",
                           choices=("symbolic", "hendrycks"))
     grade_prefix_too: bool = option(False, "parity flag: grade prefix + forced answer (a \\boxed{} in the prefix "
@@ -62,7 +64,7 @@ class ScoreConfig(StageIO):
     def episode_options(self) -> EpisodeOptions:
         """Return the segmentation options."""
         return EpisodeOptions(min_paragraphs=self.min_paragraphs, max_splits=self.max_splits,
-                              group_size=self.group_size)
+                              group_size=self.group_size, backtrack_unit=self.backtrack_unit)
 
 
 # --- input ------------------------------------------------------------------------------------------

@@ -80,6 +80,20 @@ def test_mrt_most_progress_correct_after_forcing():
     assert pick_equals_shortest(single, select(single, cfg), contested_only=True) == 0.5
 
 
+def test_mrt_can_rank_by_regret_instead_of_cumulative_progress():
+    early = _row("p5", 0, ["Line 1: 3+4=7\n", "Check Line 1: 3+4=7 ok\n\\boxed{7}"], [0.0, 1.0, 1.0], True)
+    late = _row("p5", 1, ["Line 1: 3+4=7\n\\boxed{7}"], [0.0, 1.0], True)
+    # Equal cumulative progress: "progress" falls back to fewer tokens; "regret" sees `early` reach J=1 sooner.
+    for row, area in ((early, 14 / 2 + (36 - 14) * 1.0), (late, 24 / 2 + (36 - 24) * 1.0)):
+        row["regret"] = [{"budget": 36.0, "value": 1 - area / 36}]
+    rows = [late, early]
+    assert [r["sample_index"] for r, _ in select(rows, FilterConfig(rule="mrt", min_j_end=0.5))] == [1]
+    by_regret = FilterConfig(rule="mrt", min_j_end=0.5, rank_by="regret")
+    assert [r["sample_index"] for r, _ in select(rows, by_regret)] == [0]
+    with pytest.raises(UserError, match="regret_budget: 50 was not scored"):
+        select(rows, FilterConfig(rule="mrt", rank_by="regret", regret_budget=50))
+
+
 def test_mrt_progress_requirements_and_trailing_episodes():
     many = dict(rule="mrt", per_problem=3)
     assert ("p1", 3) not in picks(FilterConfig(**many, min_progress=0.0))

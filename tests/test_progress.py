@@ -73,6 +73,20 @@ def test_backtrack_episodes_split_at_backtrack_lines_only():
     assert "Backtrack to Line 1 here" in eps[2]  # not a line of its own: no split
 
 
+def test_backtrack_step_episodes_open_at_every_step_with_the_backtrack_line_in_front():
+    eps = split_episodes(BACKTRACK, "backtrack", EpisodeOptions(backtrack_unit="step"))
+    assert "".join(eps) == BACKTRACK
+    assert eps == [
+        "Line 1: 12+30=42\n",
+        "Line 2: 42*2=86\nCheck Line 2: 42*2=84 wrong\n",  # a check stays with its step
+        "Backtrack to Line 2\nLine 2: 42*2=84\n\\boxed{84}\n",
+        "Backtrack to beginning\nLine 1: 12+30=42\n",
+        "Line 2: 42*2=84 (I could Backtrack to Line 1 here, but no)\n\\boxed{84}",
+    ]
+    # A trace without numbered steps is one episode either way.
+    assert split_episodes("\\boxed{3}", "backtrack", EpisodeOptions(backtrack_unit="step")) == ["\\boxed{3}"]
+
+
 def test_linearized_episodes_start_with_the_separator():
     eps = split_episodes(LINEARIZED, "linearized")
     assert eps == ["12+30=42\n42*2=86\n\\boxed{86}", ATTEMPT_SEPARATOR + "12+30=42\n42*2=84\n\\boxed{84}"]

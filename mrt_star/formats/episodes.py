@@ -15,27 +15,36 @@ from mrt_star.formats.prompts import (
     FORMATS,
     PARAGRAPH_SEPARATOR,
     RECONSIDER_MARKERS,
+    STEP_RE,
     THINK_CLOSE,
 )
 
 
 @dataclass(frozen=True)
 class EpisodeOptions:
-    """Segmentation knobs for open-ended thinking (parity: min 3 paragraphs, ≤45–49 splits, groups of 3–5)."""
+    """Segmentation knobs: open-ended thinking (parity: min 3 paragraphs, ≤45–49 splits, groups of 3–5) and the
+    unit of a backtracking trace (parity: one episode per attempt; `step`: one per numbered step)."""
 
     min_paragraphs: int = 3
     max_splits: int = 48
     group_size: int = 1
+    backtrack_unit: str = "attempt"
+
+
+BACKTRACK_UNITS = ("attempt", "step")
 
 
 def split_episodes(trace: str, fmt: str, options: EpisodeOptions | None = None) -> list[str]:
     """Return the episodes of `trace` (texts that concatenate back to it exactly)."""
-    if fmt == "backtrack":
+    options = options or EpisodeOptions()
+    if fmt == "backtrack" and options.backtrack_unit == "step":
+        pieces = _split_backtrack_steps(trace)
+    elif fmt == "backtrack":
         pieces = _split_backtrack(trace)
     elif fmt == "linearized":
         pieces = _split_linearized(trace)
     elif fmt == "open":
-        pieces = _split_open(trace, options or EpisodeOptions())
+        pieces = _split_open(trace, options)
     else:
         raise ValueError(f"unknown trace format {fmt!r}; choose one of {', '.join(FORMATS)}")
     pieces = [p for p in pieces if p]
@@ -45,6 +54,15 @@ def split_episodes(trace: str, fmt: str, options: EpisodeOptions | None = None) 
 def _split_backtrack(trace: str) -> list[str]:
     # Episode 0 is the first attempt; every later one starts at its backtrack line.
     starts = [m.start() for m in BACKTRACK_RE.finditer(trace)]
+    return _cut(trace, starts)
+
+
+def _split_backtrack_steps(trace: str) -> list[str]:
+    # Every numbered step opens an episode (its check line stays with it), so J is measured after each
+    # step and partial work that reveals a sub-result shows as progress; a backtrack line opens the
+    # episode of the step that follows it.
+    backtracks = {m.end() + 1: m.start() for m in BACKTRACK_RE.finditer(trace)}
+    starts = sorted({backtracks.get(m.start(), m.start()) for m in STEP_RE.finditer(trace)} | set(backtracks.values()))
     return _cut(trace, starts)
 
 
