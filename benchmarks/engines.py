@@ -46,7 +46,7 @@ def _timed(engine, requests, params, calls: int = 1):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="toy-micro", help="toy-micro (default), toy, or any model folder/id")
+    parser.add_argument("--model", default="toy", help="toy (default), toy-micro, or any model folder/id")
     parser.add_argument("--engine", default="transformers", help="transformers or vllm")
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=32, help="problems per shard in the stage run")
