@@ -18,9 +18,9 @@ from typing import Any
 
 RECIPES = Path("recipes/toy")
 METRICS = ("accuracy", "first_attempt_accuracy", "mean_tokens", "regret")
-# Round-1 filter statistics: does "most progress" pick something other than "shortest correct"?
 # The experiment evaluates on more held-out problems: with 60, one model's accuracy swings by ±0.035.
 EXPERIMENT_EVAL_LIMIT = 200
+# Round-1 filter statistics: does "most progress" pick something other than "shortest correct"?
 PICK_STATS = ("mrt_pick_equals_shortest", "mrt_pick_equals_shortest_contested", "contested_problems")
 
 

@@ -5,7 +5,9 @@ Rules (all group traces by problem):
 - `shortest`: the shortest correct trace of each problem (a control: "most progress" must beat it).
 - `mrt`: traces that are correct (their own final answer) and correct after forced termination at the
   end (J_end above `min_j_end`), ranked by cumulative progress; the best `per_problem` are kept.
-  Optional: a minimum per-episode progress, and what to do with trailing episodes of negative progress
+  Cumulative progress telescopes to J_end − J_start, and J_end is near 1 for any trace whose boxed answer
+  is right, so among correct traces this ranking mostly falls to its tie-break (fewer tokens).
+  `rank_by: regret` ranks by the shape of the J curve instead (lowest regret: J high early). Optional: a minimum per-episode progress, and what to do with trailing episodes of negative progress
   (keep them, drop the trace, or trim them off).
 
 To compare rules at equal SFT sizes, `match_count_of` (another SFT output) or `max_rows` cuts the kept
