@@ -78,13 +78,20 @@ def paired_differences(results: list[dict[str, Any]], a: str, b: str) -> dict[st
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo (or the experiment) and return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m mrt_star.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", action="store_true", help="add the shortest control and 3 seeds")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1, experiment 3)")
+    parser.add_argument("--seeds", type=_positive, default=None, help="number of seeds (default 1, experiment 3)")
     parser.add_argument("--output", default="outputs/demo", help="where runs, evaluations and plots go")
-    parser.add_argument("--eval-limit", type=int, default=None,
+    parser.add_argument("--eval-limit", type=_positive, default=None,
                         help="held-out problems per evaluation (default: recipes/toy/eval.yaml's; experiment 200)")
     parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
     args = parser.parse_args(argv)

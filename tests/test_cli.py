@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mrt_star.cli import VERBS, main
 
 
@@ -45,3 +47,13 @@ def test_every_verb_has_help_or_says_not_implemented():
             assert done.returncode == 1 and done.stderr == f"mrt-star {name}: error: not implemented yet\n"
         else:
             assert done.returncode == 0 and "--config" in done.stdout, (name, done.stderr[-400:])
+
+
+@pytest.mark.parametrize("args", [["--eval-limit", "0"], ["--seeds", "-2"], ["--seeds", "many"]])
+def test_demo_refuses_bad_counts_before_doing_any_work(args, capsys):
+    from mrt_star.demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "must be a whole number of at least 1" in capsys.readouterr().err
