@@ -18,6 +18,16 @@ def _pyplot():
     return plt
 
 
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str, legend: str = "small") -> Path:
+    """Label the axes (rates on a 0-1 scale), add the legend, and save the figure to `path`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=legend)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -36,12 +46,7 @@ def plot_accuracy_vs_tokens(models: dict[str, dict[str, Any]], path: Path) -> Pa
         pts = m["maj_vs_tokens"]
         ax.plot([p["tokens"] for p in pts], [p["maj"] for p in pts], color=color, linestyle="--", marker="o",
                 markersize=3, label=f"{label}: maj@k over k traces")
-    ax.set_xlabel("tokens spent per problem")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("accuracy and maj@k vs tokens")
-    ax.legend(fontsize="x-small")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "tokens spent per problem", "accuracy", "accuracy and maj@k vs tokens", legend="x-small")
 
 
 def plot_j_curves(models: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -51,12 +56,7 @@ def plot_j_curves(models: dict[str, dict[str, Any]], path: Path) -> Path:
     for i, (label, m) in enumerate(models.items()):
         values = m["j_by_episode"]
         ax.plot(range(1, len(values) + 1), values, marker="o", color=f"C{i}", label=label)
-    ax.set_xlabel("episode (attempt) j")
-    ax.set_ylabel("J after episode j")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("J curves on the episode axis")
-    ax.legend(fontsize="small")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "episode (attempt) j", "J after episode j", "J curves on the episode axis")
 
 
 def plot_regret(models: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -70,12 +70,7 @@ def plot_regret(models: dict[str, dict[str, Any]], path: Path) -> Path:
         if maj:
             ax.plot([float(b) for b in budgets], [maj[b] for b in budgets], linestyle="--", color=f"C{i}",
                     alpha=0.6, label=f"{label}: maj@k")
-    ax.set_xlabel("token budget C")
-    ax.set_ylabel("normalized regret (lower is better)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("cumulative regret vs budget")
-    ax.legend(fontsize="small")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "token budget C", "normalized regret (lower is better)", "cumulative regret vs budget")
 
 
 def plot_at_k(models: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -87,12 +82,7 @@ def plot_at_k(models: dict[str, dict[str, Any]], path: Path) -> Path:
             ks = sorted(m[key], key=int)
             ax.plot([int(k) for k in ks], [m[key][k] for k in ks], linestyle=style, marker="o", color=f"C{i}",
                     label=f"{label} {key}")
-    ax.set_xlabel("k samples")
-    ax.set_ylabel("rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("pass@k and maj@k")
-    ax.legend(fontsize="x-small")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "k samples", "rate", "pass@k and maj@k", legend="x-small")
 
 
 def plot_all(models: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
