@@ -10,6 +10,17 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread: two on a shared 2-core machine are many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def micro_model():
     """Return the folder of the micro toy model: a real learned model that trains in seconds."""

@@ -10,23 +10,11 @@ import pytest
 from mrt_star.config import build_config
 from mrt_star.errors import UserError
 
-# Until the engines package lands in the checkout, the tests that sample are skipped (not failed).
-needs_engine = pytest.mark.skipif(not hasattr(__import__("mrt_star.engines").engines, "load_engine"),
-                                  reason="mrt_star.engines.load_engine is not available yet")
-
 MODEL_KEYS = {"accuracy", "first_attempt_accuracy", "mean_tokens", "pass@k", "maj@k", "maj_vs_tokens",
               "accuracy_vs_tokens", "accuracy_at_budget", "j_by_episode", "regret", "maj_regret", "n", "problems"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two torch threads on a shared 2-core machine are many times slower than one.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**values):
@@ -53,7 +41,6 @@ def noisy_copy(micro_model, tmp_path_factory):
     return folder
 
 
-@needs_engine
 def test_eval_two_models_writes_metrics_plots_and_resumes(tmp_path, micro_model, noisy_copy):
     from mrt_star.evaluate import run_eval
 
@@ -86,7 +73,6 @@ def test_eval_two_models_writes_metrics_plots_and_resumes(tmp_path, micro_model,
     assert {p: p.stat().st_mtime for p in out.glob("shard-*.parquet")} == shards
 
 
-@needs_engine
 def test_linearized_mode_with_budget_forcing(tmp_path, micro_model):
     from mrt_star.evaluate import run_eval
 
@@ -116,7 +102,6 @@ def _traces_folder(folder, n: int = 2):
     return store.finish()
 
 
-@needs_engine
 def test_history_mode_continues_the_first_episode(tmp_path, micro_model):
     from mrt_star.evaluate import run_eval
 

@@ -11,16 +11,7 @@ from mrt_star.config import build_config
 from mrt_star.errors import UserError
 from mrt_star.store import Store
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two torch threads on a shared 2-core machine are many times slower than one.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_sft_set(folder, n: int = 24, fmt: str = "backtrack", seed: int = 0):
