@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TOY_MODELS = ("toy", "toy-micro")
+# toy, toy-micro: the character-level toy world; toy-bpe, toy-bpe-llama: tiny real-architecture models
+# with Qwen2.5's BPE and the R1-distill / Llama-3.1 chat templates (mrt_star.toy.bpe), for plumbing tests.
+TOY_MODELS = ("toy", "toy-micro", "toy-bpe", "toy-bpe-llama")
 
 
 def resolve_model(name: str) -> str:

@@ -85,12 +85,16 @@ RECONSIDER_MARKERS = (
 )
 
 # --- prover forced termination (DESIGN.md §3) -----------------------------------------------------
-# Parity text for thinking models: appended to a prefix of the thinking to stop it and force an answer.
+# Parity stop text for thinking models, exactly as the reference writes it after a prefix of the
+# thinking. The reference prefix for episode i is "\n\n".join(episodes[:i+1]) + "\n\n" (one blank
+# line, then the stop text); for the empty prefix the stop text follows the opening "<think>\n"
+# directly. `forced_prefix` applies both rules; never append this constant to a prefix by hand.
 THINK_FORCE_TEXT = (
-    "\n\nTime is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
+    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
     "and formulate a final answer based on what I already have.\n</think>\n\n"
     "**Step-by-Step Explanation and Answer:**\n\n1. **"
 )
+THINK_STOP_TEXT = THINK_FORCE_TEXT  # the reference's name for it
 # Closing a *complete* thinking trace before answering (reference: just the closing tag).
 THINK_CLOSE_TEXT = "\n</think>"
 # Answer-forcing line for the step-wise formats (backtrack, linearized): the prover writes only the
@@ -99,12 +103,37 @@ ANSWER_FORCE_TEXT = "\nTime is up. Final answer: \\boxed{"
 
 FORCE_TEXT = {"backtrack": ANSWER_FORCE_TEXT, "linearized": ANSWER_FORCE_TEXT, "open": THINK_FORCE_TEXT}
 
+_THINK_OPENING = re.compile(r"\s*" + re.escape(THINK_OPEN) + r"\n?")
+
+
+def think_opening(trace: str) -> str:
+    """Return the opening of a thinking trace (e.g. "<think>\\n", as written) or "" when it has none.
+
+    This is the prover's empty prefix (j = -1) for an open trace: what the chat template's generation
+    prompt opened before the model wrote anything.
+    """
+    m = _THINK_OPENING.match(trace)
+    return m.group() if m else ""
+
 
 def forced_prefix(prefix: str, fmt: str) -> str:
-    """Return the assistant text a prover continues from: the trace prefix plus the format's force text."""
+    """Return the assistant text a prover continues from: the trace prefix plus the format's force text.
+
+    Step-wise formats: `prefix + FORCE_TEXT[fmt]`. Open thinking (reference parity): an empty prefix, or
+    one that is only the opening `<think>` line, is followed directly by the stop text; any other
+    prefix is cut of its trailing newlines and joined to the stop text by exactly one blank line
+    ("\\n\\n"), the way the reference joins episodes, so there are never four newlines before it.
+    """
     if fmt not in FORCE_TEXT:
         raise ValueError(f"unknown trace format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return prefix + FORCE_TEXT[fmt]
+    if fmt != "open":
+        return prefix + FORCE_TEXT[fmt]
+    body = prefix.rstrip("\n")
+    if not body.strip():
+        return THINK_FORCE_TEXT
+    if body.strip() == THINK_OPEN:
+        return body + "\n" + THINK_FORCE_TEXT
+    return body + PARAGRAPH_SEPARATOR + THINK_FORCE_TEXT
 
 
 def forced_completion_text(fmt: str, completion: str) -> str:

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mrt_star.engines.base import Completion, Request, SamplingParams
-from mrt_star.formats.prompts import THINK_CLOSE, THINK_CLOSE_TEXT, forced_completion_text, forced_prefix
+from mrt_star.formats.prompts import (
+    THINK_CLOSE,
+    THINK_CLOSE_TEXT,
+    forced_completion_text,
+    forced_prefix,
+    think_opening,
+)
 from mrt_star.progress.metrics import j_from_logprob, j_from_samples
 
 ESTIMATORS = ("sample", "likelihood")
@@ -110,7 +116,9 @@ def prover_queries(prompt: Sequence[dict[str, str]], episodes: Sequence[str], fm
     """Return the L+1 queries of a trace: the empty prefix, then the prefix through each episode."""
     frozen = freeze_messages(prompt)
     out, acc = [], ""
-    prefixes = [""]
+    # The empty prefix of an open trace is its opening "<think>\n" (what the template's generation
+    # prompt opened): the stop text follows it directly (DESIGN.md §3).
+    prefixes = [think_opening(episodes[0]) if fmt == "open" and episodes else ""]
     for piece in episodes:
         acc += piece
         prefixes.append(acc)
