@@ -4,6 +4,10 @@ Cheap to import: math-verify and sympy load only inside the grading worker proce
 """
 
 from mrt_star.grading.extract import extract_answer
-from mrt_star.grading.grader import GRADING_MODES, Grader, GradeResult, WorkerStartError, grade, grade_detail
+from mrt_star.grading._errors import WorkerStartError
+from mrt_star.grading.extract import extract_answer_detail
+from mrt_star.grading.grader import GRADING_MODES, Grader, GradeResult, grade, grade_detail
+from mrt_star.grading.kinds import PERCENT_POLICIES
 
-__all__ = ["GRADING_MODES", "GradeResult", "Grader", "WorkerStartError", "extract_answer", "grade", "grade_detail"]
+__all__ = ["GRADING_MODES", "PERCENT_POLICIES", "GradeResult", "Grader", "WorkerStartError", "extract_answer",
+           "extract_answer_detail", "grade", "grade_detail"]

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from mrt_star.grading.grader import WorkerStartError
+from mrt_star.grading._errors import WorkerStartError
 
 # Generous: a worker imports sympy and math-verify (about a second, more on a loaded machine).
 START_TIMEOUT_S = 120.0

@@ -1,4 +1,4 @@
-"""Text → answer string: the last \\boxed{...} / \\fbox{...} of a completion, else a fallback phrase.
+"""Text → answer string: the last \\boxed{...} / \\fbox{...} of a completion, else a fallback (phrases.py).
 
 Everything here is linear in the text length (one regex pass, an explicit brace stack, no recursion), so a
 hostile completion (200k characters, thousands of unclosed braces) costs milliseconds, never a hang.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mrt_star.grading.phrases import DEFAULT_FALLBACKS, after_think, final_sentence, phrase_answer
+
 # Only the tail of a huge completion is searched: the final answer is at the end.
 MAX_SCAN_CHARS = 200_000
 
@@ -16,32 +18,39 @@ MAX_SCAN_CHARS = 200_000
 _TOKEN = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])|\\.|[{}]", re.S)
 _SPACED_BOX = re.compile(r"[ \t]+([^\s$]{1,2000})")  # `\boxed 5`: the next run of non-space characters
 
-# Lead-in phrases for answers written without a box, most specific first.
-DEFAULT_FALLBACKS: tuple[str, ...] = (
-    r"final\s+answer\s*(?:is|:)",
-    r"\banswer\s*(?:is|:)",
-)
-_LINE_REST = re.compile(r"[^\n]{0,2000}")
 
 
 def extract_answer(text: str, fallbacks: bool | Sequence[str | re.Pattern[str]] = True,
                    max_scan_chars: int = MAX_SCAN_CHARS) -> str | None:
     """Return the content of the last complete \\boxed{}/\\fbox{} in `text`, else a fallback answer, else None.
 
-    `fallbacks`: True uses DEFAULT_FALLBACKS ("final answer is ...", "answer: ..."), False disables them, or
-    a sequence of lead-in regexes; the answer is the rest of the line after the last match of the first
-    pattern that matches. A box whose braces never close (a truncated generation) does not count.
+    `fallbacks`: True uses DEFAULT_FALLBACKS (answer phrases, the line after one, a plain final sentence),
+    False disables them, or a sequence of lead-in regexes (phrases only). A box whose braces never close (a
+    truncated generation) does not count. See `extract_answer_detail` for how the answer was found.
+    """
+    return extract_answer_detail(text, fallbacks, max_scan_chars)[0]
+
+
+def extract_answer_detail(text: str, fallbacks: bool | Sequence[str | re.Pattern[str]] = True,
+                          max_scan_chars: int = MAX_SCAN_CHARS) -> tuple[str | None, str]:
+    """Return (answer or None, how it was found: "boxed", "answer-phrase", "next-line", "final-sentence", "none").
+
+    R1-style completions are read after </think> first: the boxed answer there is the one the model commits to.
     """
     if not isinstance(text, str) or not text:
-        return None
+        return None, "none"
     text = text[-max_scan_chars:]
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
+    answer_part = after_think(text)
+    for part in (answer_part, text) if answer_part is not text else (text,):
+        boxed = last_boxed(part)
+        if boxed is not None:
+            return boxed, "boxed"
     if fallbacks is False or fallbacks is None:
-        return None
-    patterns = DEFAULT_FALLBACKS if fallbacks is True else fallbacks
-    return _fallback_answer(text, patterns)
+        return None, "none"
+    found = phrase_answer(answer_part, DEFAULT_FALLBACKS if fallbacks is True else fallbacks)
+    if found is None and fallbacks is True:
+        found = final_sentence(answer_part)
+    return found if found is not None else (None, "none")
 
 
 def last_boxed(text: str) -> str | None:
@@ -77,29 +86,3 @@ def _skip_spaces(text: str, i: int) -> int:
     while i < len(text) and text[i] in " \t\n\r":
         i += 1
     return i
-
-
-def _fallback_answer(text: str, patterns: Sequence[str | re.Pattern[str]]) -> str | None:
-    """Return the cleaned rest of the line after the last match of the first matching pattern, or None."""
-    for pattern in patterns:
-        regex = re.compile(pattern, re.I) if isinstance(pattern, str) else pattern
-        last = None
-        for last in regex.finditer(text):  # noqa: B007 - only the last match is wanted
-            pass
-        if last is not None:
-            answer = _clean_fallback(_LINE_REST.match(text, last.end()).group())
-            if answer:
-                return answer
-    return None
-
-
-def _clean_fallback(rest: str) -> str:
-    """Return a fallback answer without the surrounding math delimiters, markdown bold and final period."""
-    rest = rest.strip().strip("*").strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(left):
-            end = rest.find(right, len(left))
-            return (rest[len(left):end] if end >= 0 else rest[len(left):]).strip()
-    # Prose after the answer: cut at the first sentence end.
-    cut = re.search(r"\.\s|\.$", rest)
-    return (rest[:cut.start()] if cut else rest).strip().strip("*").strip()

@@ -16,12 +16,14 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from mrt_star.grading import hendrycks
-from mrt_star.grading.extract import MAX_SCAN_CHARS, extract_answer
+from mrt_star.grading._errors import WorkerStartError
+from mrt_star.grading.extract import MAX_SCAN_CHARS, extract_answer_detail
+from mrt_star.grading.kinds import PERCENT_POLICIES, Plan, plan
 
 GRADING_MODES: tuple[str, ...] = ("symbolic", "hendrycks")
 REASONS: tuple[str, ...] = ("ok", "wrong", "no-answer", "timeout", "unparseable", "too-long", "error")
@@ -42,15 +44,17 @@ _RATIONAL = re.compile(r"([+-]?)(?:\\frac\{([+-]?[0-9]{1,50})\}\{([0-9]{1,50})\}
 
 @dataclass(frozen=True)
 class GradeResult:
-    """One graded answer: whether it is correct, the answer extracted from the completion, and why."""
+    """One graded answer: whether it is correct, the answer extracted from the completion, and why.
+
+    `rule` says how: "<extraction>/<kind>", e.g. "boxed/repeating-decimal", "next-line/choice",
+    "final-sentence/yes-no" (extraction: boxed, answer-phrase, next-line, final-sentence, none; kinds: see
+    `kinds.plan` and `rewrite.REWRITES`). It is diagnostic, so results compare equal on the verdict alone.
+    """
 
     correct: bool
     extracted: str | None
     reason: str
-
-
-class WorkerStartError(RuntimeError):
-    """Grading workers die before they are ready (a broken install): nothing can be graded symbolically."""
+    rule: str = field(default="", compare=False)
 
 
 def check_mode(mode: str) -> str:
@@ -68,13 +72,18 @@ class Grader:
     any thread (calls are serialised). Use as a context manager or call `close()` to stop the workers.
     `fallbacks` (answers without a box, see `extract_answer`) defaults to on in symbolic mode, off in
     hendrycks mode. Raises WorkerStartError when workers cannot start at all (a broken install).
+    `percent` is the policy for a percent on one side only: "strict" (default) matches 25\\% with 25 only;
+    "lenient" also with the ratio 0.25 or \\frac14 (see `kinds.percent`).
     """
 
     def __init__(self, mode: str = "symbolic", timeout_s: float = 5.0, workers: int | None = None,
                  max_chars: int = MAX_ANSWER_CHARS, max_scan_chars: int = MAX_SCAN_CHARS,
                  chunk_size: int = 32, cache_size: int = 100_000, memory_mb: int = 4096,
-                 fallbacks: bool | None = None):
+                 fallbacks: bool | None = None, percent: str = "strict"):
         self.mode = check_mode(mode)
+        if percent not in PERCENT_POLICIES:
+            raise ValueError(f"unknown percent policy {percent!r}; valid policies: {', '.join(PERCENT_POLICIES)}")
+        self.percent = percent
         if not 0 < float(timeout_s) < 1e6:
             raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
         self.timeout_s = float(timeout_s)
@@ -100,25 +109,35 @@ class Grader:
         """Return one GradeResult per (completion, reference) pair, in order; no single pair can fail the batch."""
         with self._lock:
             results: list[GradeResult | None] = [None] * len(pairs)
-            todo: dict[tuple[str, str, str], list[int]] = {}
-            extracted: list[str | None] = [None] * len(pairs)
+            pending: dict[int, tuple[str | None, Plan, str, list[tuple[bool, str] | None]]] = {}
+            todo: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
             for i, pair in enumerate(pairs):
-                decided, answer, ref = self._prepare_safely(pair)
-                extracted[i] = answer
+                decided, answer, how, grading = self._prepare_safely(pair)
                 if decided is not None:
                     results[i] = decided
                     self.stats["fast_path"] += 1
                     continue
-                key = (answer, ref, self.mode)
-                if key in self._cache:
-                    self._cache.move_to_end(key)
-                    correct, reason = self._cache[key]
-                    results[i] = GradeResult(correct, answer, reason)
-                    self.stats["cache_hits"] += 1
-                else:
-                    todo.setdefault(key, []).append(i)
+                outcomes: list[tuple[bool, str] | None] = [None] * len(grading.checks)
+                fast_only = True
+                for j, (a, r) in enumerate(grading.checks):
+                    key = (a, r, self.mode)
+                    fast = _symbolic_fast_path(a, r)
+                    fast_only = fast_only and fast is not None
+                    if fast is not None:
+                        outcomes[j] = fast
+                    elif key in self._cache:
+                        self._cache.move_to_end(key)
+                        outcomes[j] = self._cache[key]
+                        self.stats["cache_hits"] += 1
+                    else:
+                        todo.setdefault(key, []).append((i, j))
+                self.stats["fast_path"] += fast_only
+                pending[i] = (answer, grading, how, outcomes)
             if todo:
-                self._run_workers(todo, extracted, results)
+                self._run_workers(todo, pending)
+            for i, (answer, grading, how, outcomes) in pending.items():
+                correct, reason = _combine(outcomes, grading.combine)  # type: ignore[arg-type]
+                results[i] = GradeResult(correct, answer, reason, f"{how}/{grading.rule}")
             return results  # type: ignore[return-value]
 
     def cache_info(self) -> dict[str, int]:
@@ -139,37 +158,44 @@ class Grader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _prepare_safely(self, pair: Any) -> tuple[GradeResult | None, str | None, str]:
+    def _prepare_safely(self, pair: Any) -> tuple[GradeResult | None, str | None, str, Plan]:
         """Return `_prepare` of one pair, or an "error" result if the pair is malformed."""
         try:
             completion, reference = pair
             return self._prepare(completion, reference)
         except Exception:  # noqa: BLE001 - one bad pair must not fail the batch
-            return GradeResult(False, None, "error"), None, ""
+            return GradeResult(False, None, "error", "none/error"), None, "none", _NOTHING
 
-    def _prepare(self, completion: Any, reference: Any) -> tuple[GradeResult | None, str | None, str]:
-        """Return (a result decided without a worker or None, the extracted answer, the clean reference)."""
+    def _prepare(self, completion: Any, reference: Any) -> tuple[GradeResult | None, str | None, str, Plan]:
+        """Return (a result decided without a worker or None, the extracted answer, how it was found, the plan)."""
         if not isinstance(reference, (str, int, float)):  # a number from a data set is fine, None is not
-            return GradeResult(False, None, "error"), None, ""
+            return GradeResult(False, None, "error", "none/error"), None, "none", _NOTHING
         ref = str(reference).strip()
         if completion is None:
-            return GradeResult(False, None, "no-answer"), None, ref
+            return GradeResult(False, None, "no-answer", "none"), None, "none", _NOTHING
         if not isinstance(completion, str):
-            return GradeResult(False, None, "error"), None, ref
-        answer = extract_answer(completion, fallbacks=self.fallbacks, max_scan_chars=self.max_scan_chars)
+            return GradeResult(False, None, "error", "none/error"), None, "none", _NOTHING
+        answer, how = extract_answer_detail(completion, fallbacks=self.fallbacks, max_scan_chars=self.max_scan_chars)
         if answer is None or not answer.strip():
-            return GradeResult(False, answer, "no-answer"), answer, ref
+            return GradeResult(False, answer, "no-answer", how), answer, how, _NOTHING
         answer = answer.strip()
         if len(answer) > self.max_chars or len(ref) > self.max_chars * MAX_REFERENCE_FACTOR:
-            return GradeResult(False, answer, "too-long"), answer, ref
+            return GradeResult(False, answer, "too-long", how), answer, how, _NOTHING
         if _CONTROL.search(answer):
-            return GradeResult(False, answer, "unparseable"), answer, ref
+            return GradeResult(False, answer, "unparseable", how), answer, how, _NOTHING
         if self.mode == "hendrycks":
-            return _verdict(hendrycks.equivalent(answer, ref), answer), answer, ref
-        return _symbolic_fast_path(answer, ref), answer, ref
+            correct = hendrycks.equivalent(answer, ref)
+            return GradeResult(correct, answer, "ok" if correct else "wrong", f"{how}/hendrycks"), answer, how, _NOTHING
+        grading = plan(answer, ref, self.percent)
+        if grading.decided is not None:
+            reason = "ok" if grading.decided else "wrong"
+            return GradeResult(grading.decided, answer, reason, f"{how}/{grading.rule}"), answer, how, grading
+        if not _balanced(answer):
+            return GradeResult(False, answer, "unparseable", f"{how}/{grading.rule}"), answer, how, grading
+        return None, answer, how, grading
 
-    def _run_workers(self, todo: dict[tuple[str, str, str], list[int]], extracted: list[str | None],
-                     results: list[GradeResult | None]) -> None:
+    def _run_workers(self, todo: dict[tuple[str, str, str], list[tuple[int, int]]],
+                     pending: dict[int, tuple[str | None, Plan, str, list[tuple[bool, str] | None]]]) -> None:
         if self._pool is None:
             from mrt_star.grading._pool import WorkerPool
 
@@ -180,8 +206,8 @@ class Grader:
             self._remember(key, (correct, reason))
             self.stats["computed"] += 1
             self.stats["timeouts"] += reason == "timeout"
-            for i in todo[key]:
-                results[i] = GradeResult(correct, extracted[i], reason)
+            for i, j in todo[key]:
+                pending[i][3][j] = (correct, reason)
 
     def _remember(self, key: tuple[str, str, str], outcome: tuple[bool, str]) -> None:
         # Timeouts and crashes are cached too: the same answer would only burn the same time again.
@@ -192,8 +218,20 @@ class Grader:
             self._cache.popitem(last=False)
 
 
-def _verdict(correct: bool, answer: str | None) -> GradeResult:
-    return GradeResult(correct, answer, "ok" if correct else "wrong")
+_NOTHING = Plan(False, rule="none")
+
+
+def _combine(outcomes: list[tuple[bool, str]], combine: str) -> tuple[bool, str]:
+    """Return one (correct, reason) from a plan's checks: all must hold, or any one may."""
+    if combine == "any":
+        if any(c for c, _ in outcomes):
+            return True, "ok"
+        reasons = [r for _, r in outcomes]
+        return False, "wrong" if "wrong" in reasons else reasons[0]
+    for correct, reason in outcomes:
+        if not correct:
+            return False, reason
+    return True, "ok"
 
 
 def _light(latex: str) -> str:
@@ -216,18 +254,18 @@ def _rational(latex: str) -> Fraction | None:
     return -value if sign == "-" else value
 
 
-def _symbolic_fast_path(answer: str, reference: str) -> GradeResult | None:
-    """Return a result when no symbolic work is needed (same text, or two plain rationals), else None."""
+def _symbolic_fast_path(answer: str, reference: str) -> tuple[bool, str] | None:
+    """Return (correct, reason) when no symbolic work is needed (same text, or two plain rationals), else None."""
     a, r = _light(answer), _light(reference)
     if a == r:
-        return _verdict(True, answer)
+        return True, "ok"
     if _INTEGER.fullmatch(a) and _INTEGER.fullmatch(r):
-        return _verdict(int(a) == int(r), answer)
+        return (True, "ok") if int(a) == int(r) else (False, "wrong")
     a_value, r_value = _rational(a), _rational(r)
     if a_value is not None and r_value is not None:
-        return _verdict(a_value == r_value, answer)
+        return (True, "ok") if a_value == r_value else (False, "wrong")
     if not _balanced(answer):
-        return GradeResult(False, answer, "unparseable")
+        return False, "unparseable"
     return None
 
 

@@ -1,0 +1,106 @@
+"""Answers written without a box: after an answer phrase, on the line after it, or in a plain final sentence.
+
+Why: Llama-3 often writes "The final answer is: $5$", Qwen "**Final Answer:** $x=3$", R1 ends its summary with
+"…, is 771." or "No, it cannot". Each finder is linear in the text (bounded regexes, no backtracking over
+the whole completion) and returns (answer, rule) so a grade can say how the answer was found.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+# Lead-in phrases, most specific first; the answer follows the LAST match of the first phrase that matches.
+DEFAULT_FALLBACKS: tuple[str, ...] = (
+    r"final\s+answer(?:[ \t]*\*\*)?[ \t]*(?:is\b|:|=)?(?:[ \t]*\*\*)?[ \t]*:?",
+    r"\banswer(?:[ \t]*\*\*)?[ \t]*(?:is\b|:|=)(?:[ \t]*\*\*)?[ \t]*:?",
+    r"\b(?:range|domain|solutions?|roots?|result|sum|product|total|area|volume|probability|perimeter|"
+    r"remainder|distance|length|minimum|maximum|smallest\s+\w+|largest\s+\w+|number\s+of\s+\w+|limit)"
+    r"(?:\s+of\s+[^.\n$]{1,60}?)?\s+(?:is|are|equals|=)(?![A-Za-z])[ \t]*:?",
+)
+_LINE_REST = re.compile(r"[^\n]{0,2000}")
+_NEXT_LINE = re.compile(r"\n[ \t]*([^\n]{1,2000})")
+_MATH = re.compile(r"\$\$(.{1,2000}?)\$\$|\$(.{1,2000}?)\$|\\\((.{1,2000}?)\\\)|\\\[(.{1,2000}?)\\\]", re.S)
+_SENTENCE_END = re.compile(r"\.\s|\.$")
+_YES_NO = re.compile(r"^\W{0,4}(yes|no)\s*(?:[,.!;:]|$)", re.I)
+_VERB = re.compile(r"\b(?:is|are|equals|was|be|=|gives|get)\s+", re.I)
+_NUMBER = re.compile(r"[-−]?[0-9][0-9,]*(?:\.[0-9]+)?(?:\s*/\s*[0-9]+)?")
+
+
+def after_think(text: str) -> str:
+    """Return the part after R1's closing </think> (the answer section), or `text` when there is none."""
+    _, sep, rest = text.rpartition("</think>")
+    return rest if sep and rest.strip() else text
+
+
+def phrase_answer(text: str, patterns: Sequence[str | re.Pattern[str]] = DEFAULT_FALLBACKS) -> tuple[str, str] | None:
+    """Return (the value after the last answer phrase, "answer-phrase" or "next-line"), or None.
+
+    The value is the first math expression after the phrase on its line; a phrase that ends its line (a bare
+    ":" after it) takes the next non-empty line instead, never the ":" itself.
+    """
+    for pattern in patterns:
+        regex = re.compile(pattern, re.I) if isinstance(pattern, str) else pattern
+        last = None
+        for last in regex.finditer(text):  # noqa: B007 - only the last match is wanted
+            pass
+        if last is None:
+            continue
+        rest = _LINE_REST.match(text, last.end()).group()
+        answer = clean(rest)
+        if answer:
+            return answer, "answer-phrase"
+        following = _NEXT_LINE.search(text, last.end() + len(rest))
+        while following and not clean(following.group(1)) and following.group(1).strip() in ("$$", "\\[", ""):
+            following = _NEXT_LINE.search(text, following.end())
+        if following:
+            block = text[following.start(1):following.start(1) + 2000]
+            answer = clean(block.split("\n\n", 1)[0]) if block.lstrip().startswith(("$$", "\\[")) else clean(following.group(1))
+            if answer:
+                return answer, "next-line"
+    return None
+
+
+def clean(rest: str) -> str:
+    """Return the first math expression in `rest` (delimiters off), else its text up to the sentence end."""
+    rest = rest.strip().strip("*").strip().lstrip(":").strip().strip("*").strip()
+    if not rest or rest in (":", "."):
+        return ""
+    m = _MATH.search(rest)
+    if m and not _YES_NO.match(rest[:m.start()]):
+        inner = next(g for g in m.groups() if g is not None).strip()
+        if inner.startswith("\\boxed"):  # a box the brace scan rejected (unclosed): not an answer
+            return ""
+        return inner.strip(" ,;")
+    for left in ("$$", "\\[", "$", "\\("):
+        if rest.startswith(left):  # an opened math block that closes on a later line
+            return rest[len(left):].strip()
+    cut = _SENTENCE_END.search(rest)
+    return (rest[:cut.start()] if cut else rest).strip().strip("*").strip().rstrip(",;")
+
+
+def final_sentence(text: str) -> tuple[str, str] | None:
+    """Return (the value stated in the last sentence, "final-sentence"), or None.
+
+    Only a yes/no, a math expression, or a number counts: "…, is 771." → 771, "there are 120 possible
+    ways" → 120, "No, it cannot" → No. The value after the last "is/are/equals" wins over earlier numbers.
+    """
+    lines = [line.strip() for line in text[-4000:].strip().split("\n") if line.strip()]
+    if not lines:
+        return None
+    last_line = lines[-1].strip("*# ")
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", last_line) if re.search(r"[0-9A-Za-z$]", s)]
+    if not sentences:
+        return None
+    sentence = sentences[-1].rstrip(".!").strip()
+    yn = _YES_NO.match(sentence)
+    if yn:
+        return yn.group(1).capitalize(), "final-sentence"
+    maths = [next(g for g in m.groups() if g is not None).strip() for m in _MATH.finditer(sentence)]
+    if maths:
+        return maths[-1], "final-sentence"
+    verbs = list(_VERB.finditer(sentence))
+    if not verbs:  # a bare number with no statement around it is not an answer ("\\boxedx{3}")
+        return None
+    numbers = _NUMBER.findall(sentence[verbs[-1].end():])
+    return (numbers[0].replace("−", "-"), "final-sentence") if numbers else None
