@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_model(args.model)
     engine = load_engine(args.engine, model_path)
     grader = Grader(mode="symbolic")
-    base = ScoreConfig(k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed, shard_size=args.shard_size)
+    base = ScoreConfig(prover_k=args.k, prover_max_new_tokens=args.max_new_tokens, seed=args.seed, shard_size=args.shard_size)
     sampled, t_sample, d_sample = _score(engine, grader, rows, replace(base, estimator="sample"), args.shard_size)
     likely, t_like, d_like = _score(engine, grader, rows, replace(base, estimator="likelihood"), args.shard_size)
     naive = _naive_prefix_tokens(engine, sampled, args.k)

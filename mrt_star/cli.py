@@ -32,11 +32,11 @@ VERBS: dict[str, Verb] = {
                   "cut traces into episodes and measure each episode's progress with a prover"),
     "filter": Verb("mrt_star.filter", "FilterConfig", "run_filter",
                    "keep traces by rule (mrt: most progress, star: correct, shortest) as an SFT dataset"),
-    "finetune": Verb("mrt_star.train", "FinetuneConfig", "run_finetune",
+    "finetune": Verb("mrt_star.finetune", "FinetuneConfig", "run_finetune",
                      "fine-tune a model on a filtered SFT dataset with TRL (full or LoRA)"),
     "run": Verb("mrt_star.loop", "RunConfig", "run_loop",
                 "the multi-round loop: generate, score, filter, fine-tune, repeat with the new model"),
-    "eval": Verb("mrt_star.evaluate", "EvalConfig", "run_eval",
+    "eval": Verb("mrt_star.eval.stage", "EvalConfig", "run_eval",
                  "pass@k, maj@k vs tokens, cumulative regret and plots for one or more models"),
     "push": Verb("mrt_star.hub", "PushConfig", "run_push",
                  "upload a stage's dataset to the Hugging Face Hub with a generated dataset card",
@@ -72,16 +72,11 @@ def _fail(verb: str, message: str, code: int) -> int:
     return code
 
 
-def quiet_library_progress() -> None:
-    """Hide the per-map progress bars of `datasets` (our stages draw their own); HF_DATASETS_DISABLE_PROGRESS_BARS=0
-    brings them back. Read when datasets is imported, which the stages do lazily, after this."""
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run `mrt-star`; return the exit code (0 ok, 1 failed stage or bad input, 2 bad config/usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet_library_progress()
+    if os.environ.get("MRT_STAR_LIBRARY_PROGRESS", "0") in ("", "0"):  # see console.quiet_library_progress
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

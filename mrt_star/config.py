@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +27,17 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
-def option(default: Any = REQUIRED, help: str = "", choices: tuple | None = None, **kw) -> Any:
-    """Return a dataclass field carrying its help text (and allowed values) for `--help` and errors."""
+def option(default: Any = REQUIRED, help: str = "", choices: tuple | None = None, at_least: float | None = None,
+           above: float | None = None, at_most: float | None = None, **kw) -> Any:
+    """Return a dataclass field carrying its help text, allowed values and numeric range for `--help` and errors."""
     meta = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    for key, bound in (("at_least", at_least), ("above", above), ("at_most", at_most)):
+        if bound is not None:
+            meta[key] = bound
     if isinstance(default, (list, dict, set)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
-
-
-@dataclass
-class StageIO:
-    """The I/O flags every stage verb shares."""
-
-    input: str | None = option(None, "where the stage reads: a previous stage's output folder or a problem set "
-                               "(local .jsonl/.json/.parquet/.csv, a Hub dataset id, or 'toy')")
-    output: str | None = option(None, "output folder (parquet shards + manifest.json)")
-    model: str = option("toy", "model: 'toy' (embedded, built on first use), 'toy-micro', a local folder or a Hub id")
-    limit: int | None = option(None, "use only the first N input rows")
-    seed: int = option(0, "random seed")
-    overwrite: bool = option(False, "replace an existing output made with a different config")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -84,9 +76,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return [_coerce(name, v.strip() if isinstance(v, str) else v, item) for v in items]
         if typing.get_origin(kind) is dict or kind is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
+            return parse_mapping(name, value)
         if kind is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -95,6 +85,28 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         type_name = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{name}: expected {type_name}, got {value!r}") from None
     return value
+
+
+def parse_mapping(name: str, value: Any) -> dict[str, Any]:
+    """Return a dict option's value: a mapping, or JSON / YAML flow text such as '{"a": 1}' or '{a: 1}'."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return {str(k): v for k, v in parsed.items()}
+    raise ConfigError(f"{name}: expected a mapping such as '{{\"key\": 1}}' or '{{key: 1}}' (JSON or YAML flow), "
+                      f"got {value!r}")
+
+
+def renamed_options(cls: type) -> dict[str, str]:
+    """Return old option name -> new name for a config class (its `RENAMED` class attribute, if any)."""
+    return dict(getattr(cls, "RENAMED", {}))
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -109,9 +121,18 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 def build_config(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     """Return `cls(**values)` after checking keys, types, choices and required fields."""
     fields = _fields(cls)
+    for key in values:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: keys must be option names, got {key!r}")
+    renamed = renamed_options(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+        key = unknown[0]
+        if key in renamed:
+            raise ConfigError(f"{source}: {key!r} was renamed to {renamed[key]!r} (flag --{renamed[key].replace('_', '-')})")
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{source}: unknown key {key!r}; {hint}valid keys: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in values:
@@ -124,6 +145,7 @@ def build_config(cls: type, values: dict[str, Any], source: str = "config") -> A
             value = REQUIRED
         if value is REQUIRED:
             raise ConfigError(f"{name}: required; set it in the recipe or pass --{name.replace('_', '-')}")
+        _check_range(name, value, f.metadata)
         choices = f.metadata.get("choices")
         if choices and value is not None:
             for v in value if isinstance(value, list) else [value]:
@@ -131,6 +153,27 @@ def build_config(cls: type, values: dict[str, Any], source: str = "config") -> A
                     raise ConfigError(f"{name}: {v!r} is not one of {', '.join(map(str, choices))}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def check_config(cfg: Any) -> Any:
+    """Return `cfg` after the checks `build_config` makes (a config built in code gets the same errors)."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    build_config(type(cfg), values, source="config")
+    return cfg
+
+
+def _check_range(name: str, value: Any, meta: Any) -> None:
+    """Raise ConfigError when a number (or a number in a list) is outside the field's declared range."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if "at_least" in meta and v < meta["at_least"]:
+            raise ConfigError(f"{name}: must be at least {meta['at_least']}, got {v}")
+        if "above" in meta and v <= meta["above"]:
+            raise ConfigError(f"{name}: must be greater than {meta['above']}, got {v}")
+        if "at_most" in meta and v > meta["at_most"]:
+            raise ConfigError(f"{name}: must be at most {meta['at_most']}, got {v}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -146,6 +189,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {p}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {p}: expected a mapping of key: value at the top level")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"--config {p}: keys must be option names, got {bad[0]!r}")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -156,9 +202,18 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser(cls: type, prog: str, description: str = "", positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """Return an argparse parser with `--config` and one `--flag` per field, help from field metadata."""
-    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH.yaml", help="YAML recipe; flags given here override it")
-    for name, f in _fields(cls).items():
+    groups: dict[str, Any] = {}
+    for old in renamed_options(cls):  # accepted by the parser only to fail in build_config naming the new name
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    order = [option_group(cls, name) for name in _fields(cls)]
+    ranked = sorted(_fields(cls).items(), key=lambda item: _group_rank(cls, option_group(cls, item[0]), order))
+    for name, f in ranked:
+        title = option_group(cls, name)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = groups[title]
         kind, _ = _base_type(f.type)
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else REQUIRED)
@@ -171,16 +226,39 @@ def make_parser(cls: type, prog: str, description: str = "", positional: tuple[s
         if default is not REQUIRED and default not in (None, [], {}):
             kw["help"] += f" (default: {default})"
         if name in positional:
-            parser.add_argument(name, nargs="?", **kw)
+            target.add_argument(name, nargs="?", **kw)
             continue
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         if kind is bool:
-            parser.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kw)
-            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const", const="false",
+            target.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kw)
+            target.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            parser.add_argument(*flags, metavar=name.upper(), **kw)
+            metavar = "JSON|YAML" if (kind is dict or typing.get_origin(kind) is dict) else name.upper()
+            target.add_argument(*flags, metavar=metavar, **kw)
     return parser
+
+
+def _group_rank(cls: type, title: str, order: list[str]) -> int:
+    """Order `--help` as a reader wants it: input/output, then the verb's own options, then the shared groups."""
+    mro_titles = [(b.__doc__ or b.__name__).strip().splitlines()[0] for b in cls.__mro__[1:] if b is not object]
+    if title == "options of this verb":
+        return 1
+    if mro_titles and title == mro_titles[0]:
+        return 0
+    return 2 + (mro_titles.index(title) if title in mro_titles else len(mro_titles))
+
+
+def option_group(cls: type, name: str) -> str:
+    """Return the title of the option group that declares field `name` of a stage config (for `--help`)."""
+    owner = cls
+    for base in cls.__mro__:
+        if name in base.__dict__.get("__annotations__", {}):
+            owner = base
+            break
+    if owner is cls:
+        return "options of this verb"
+    return (owner.__doc__ or owner.__name__).strip().splitlines()[0]
 
 
 def parse_config(cls: type, argv: list[str], prog: str = "mrt-star", description: str = "",
@@ -190,6 +268,9 @@ def parse_config(cls: type, argv: list[str], prog: str = "mrt-star", description
     parser = make_parser(cls, prog, description, positional)
     args = vars(parser.parse_args(argv))
     recipe = args.pop("config", None)
+    for old, new in renamed_options(cls).items():
+        if old in args:
+            raise ConfigError(f"--{old.replace('_', '-')} was renamed to --{new.replace('_', '-')}")
     values = load_yaml(recipe) if recipe else {}
     values.update(args)
     return build_config(cls, values, source=f"--config {recipe}" if recipe else "config")

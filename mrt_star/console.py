@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +19,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True)
+# Not a terminal (a log file, CI): rich would cut tables at 80 columns ("first-attem…"); give them room.
+console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 200)
+
+
+def quiet_library_progress() -> None:
+    """Hide other libraries' progress bars inside ours: transformers' per-load "Loading weights" bar and the
+    per-map bars of `datasets`. MRT_STAR_LIBRARY_PROGRESS=1 brings them back (Hub download bars stay)."""
+    if os.environ.get("MRT_STAR_LIBRARY_PROGRESS", "0") not in ("", "0"):
+        return
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
+    if "transformers" in sys.modules or importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def stage_progress(*extra_columns: Any) -> Progress:

@@ -28,17 +28,25 @@ class ProblemError(UserError, ValueError):
 
 @dataclass
 class ProblemSource:
-    """Where problems come from and how to read them."""
+    """Where problems come from and how to read them (the problem-source options of a stage, resolved)."""
 
     source: str = "toy"
-    split: str = "train"
+    split: str | None = None
     subset: str | None = None
     problem_column: str | None = None
     answer_column: str | None = None
+    id_column: str | None = None
     limit: int | None = None
     shuffle: bool = False
     seed: int = 0
     toy_n: int = 500
+
+
+def problem_source(cfg: Any, source: str | None = None, seed: int | None = None) -> ProblemSource:
+    """Return the ProblemSource a stage config describes (its input, limit, seed and problem-source options)."""
+    return ProblemSource(source=source or cfg.input or "toy", split=cfg.split, subset=cfg.subset,
+                         problem_column=cfg.problem_column, answer_column=cfg.answer_column,
+                         id_column=cfg.id_column, limit=cfg.limit, seed=cfg.seed if seed is None else seed)
 
 
 def problem_id(problem: str, answer: str) -> str:
@@ -70,13 +78,24 @@ def _read_hub(source: ProblemSource) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(source.source, source.subset, split=source.split)
+        loaded = datasets.load_dataset(source.source, source.subset, split=source.split)
     except Exception as err:
         raise ProblemError(
             f"{source.source!r} is neither a local file ({', '.join(LOCAL_SUFFIXES)}) nor a loadable Hub dataset "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         ) from None
-    return ds.to_list()
+    if source.split is None:  # a DatasetDict: 'train', else its only split
+        return pick_split(dict(loaded), source.source).to_list()
+    return loaded.to_list()
+
+
+def pick_split(splits: dict[str, Any], where: str) -> Any:
+    """Return the split to read when none was named: 'train', else the only one; else ask for --split."""
+    if "train" in splits:
+        return splits["train"]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise ProblemError(f"{where}: several splits ({', '.join(splits)}) and none is 'train'; choose one with --split")
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
@@ -94,14 +113,15 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 
 
 def normalise_rows(rows: list[dict[str, Any]], where: str, problem_column: str | None = None,
-                   answer_column: str | None = None) -> list[dict[str, Any]]:
+                   answer_column: str | None = None, id_column: str | None = None) -> list[dict[str, Any]]:
     """Return rows mapped to the problem schema, or raise ProblemError naming the bad row/column."""
     if not rows:
         raise ProblemError(f"{where}: no rows")
-    columns = list(rows[0].keys())
+    columns = list(dict.fromkeys(k for row in rows[:100] for k in row))
     p_col = _pick(columns, problem_column, PROBLEM_COLUMNS, "problem", where)
     a_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer", where)
-    id_col = next((c for c in ID_COLUMNS if c in columns), None)
+    id_col = _pick(columns, id_column, (), "id", where) if id_column else next(
+        (c for c in ID_COLUMNS if c in columns), None)
     out, seen = [], set()
     for i, row in enumerate(rows):
         problem = row.get(p_col)
@@ -143,7 +163,7 @@ def load_problems(source: ProblemSource | str, **kw) -> list[dict[str, Any]]:
             rows, where = _read_local(path), str(path)
         else:
             rows, where = _read_hub(src), name
-    rows = normalise_rows(rows, where, src.problem_column, src.answer_column)
+    rows = normalise_rows(rows, where, src.problem_column, src.answer_column, src.id_column)
     if src.shuffle:
         random.Random(src.seed).shuffle(rows)
     return rows[: src.limit] if src.limit else rows

@@ -32,7 +32,7 @@ def _load_recipe(name: str) -> dict[str, Any]:
 
 def _run_seed(seed: int, rules: list[str], out: Path, fast: bool, eval_limit: int | None = None) -> dict[str, Any]:
     from mrt_star.config import build_config
-    from mrt_star.evaluate import EvalConfig, run_eval
+    from mrt_star.eval.stage import EvalConfig, run_eval
     from mrt_star.loop import RunConfig, run_loop
 
     run_recipe = _load_recipe("run.yaml")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out problems per evaluation (default: recipes/toy/eval.yaml's; experiment 200)")
     parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
     args = parser.parse_args(argv)
-    from mrt_star.cli import quiet_library_progress
+    from mrt_star.console import quiet_library_progress
     from mrt_star.console import comparison_table, console
 
     quiet_library_progress()

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrt_star.config import StageIO, config_to_dict, option
+from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
 from mrt_star.formats.episodes import split_episodes
 from mrt_star.formats.prompts import THINK_CLOSE
+from mrt_star.options import GradingOptions, StageIO
 
 RULES = ("mrt", "star", "shortest")
 TRAILING = ("keep", "drop", "trim")
@@ -36,12 +37,12 @@ SUFFIX_SPLITS = ("first-episode", "none")
 
 
 @dataclass
-class FilterConfig(StageIO):
+class FilterConfig(StageIO, GradingOptions):
     """Options of `mrt-star filter`."""
 
     rule: str = option("mrt", "which traces to keep: mrt (most progress), star (every correct trace), shortest "
                        "(shortest correct trace per problem)", choices=RULES)
-    per_problem: int = option(1, "mrt: traces kept per problem, most cumulative progress first")
+    per_problem: int = option(1, "mrt: traces kept per problem, most cumulative progress first", at_least=1)
     min_j_end: float = option(0.5, "mrt: keep traces whose J after the whole trace exceeds this (correct after "
                               "forced termination)")
     require_correct: bool = option(True, "mrt: the trace's own final answer must be correct too")
@@ -57,15 +58,13 @@ class FilterConfig(StageIO):
                                        "largest one scored")
     tie_break: str = option("tokens", "mrt: among equal progress prefer fewer tokens (tokens) or the earlier sample "
                             "(index)", choices=TIE_BREAKS)
-    max_per_problem: int | None = option(None, "any rule: keep at most this many rows per problem")
+    max_per_problem: int | None = option(None, "any rule: keep at most this many rows per problem", at_least=0)
     match_count_of: str | None = option(None, "another SFT output folder: cut this output to its row count (compare "
                                         "rules at equal SFT sizes)")
-    max_rows: int | None = option(None, "keep at most this many rows (problems taken round-robin)")
+    max_rows: int | None = option(None, "keep at most this many rows (problems taken round-robin)", at_least=0)
     suffix_split: str = option("first-episode", "prefix/suffix columns for suffix-only SFT: first-episode (a "
                                "backtracking trace's first attempt is the prefix, its revisions the suffix) or none "
                                "(empty prefix)", choices=SUFFIX_SPLITS)
-    grading: str = option("symbolic", "grading mode used to check a trimmed trace's final answer",
-                          choices=("symbolic", "hendrycks"))
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -76,34 +75,12 @@ TRACE_NEEDED = ("problem_id", "prompt", "completion", "correct", "num_tokens", "
 
 def check_input(cfg: FilterConfig) -> dict[str, Any]:
     """Return the input manifest after checking it is a finished score (or, for star/shortest, generate) output."""
-    import pyarrow.parquet as pq
+    from mrt_star.store import read_manifest, read_stage_input
 
-    from mrt_star.store import read_manifest, shard_files
-
-    if not cfg.input:
-        raise UserError("input: pass the folder written by `mrt-star score` (--input DIR)")
-    if not Path(cfg.input).is_dir():
-        raise UserError(f"input: {cfg.input} is not a folder; pass the output folder of `mrt-star score`")
-    manifest = read_manifest(cfg.input)
-    stage = manifest.get("stage")
+    check_config(cfg)
     allowed = ("score",) if cfg.rule == "mrt" else ("score", "generate")
-    if stage not in allowed:
-        raise UserError(f"input: {cfg.input} is a {stage!r} output; rule {cfg.rule!r} reads a "
-                        f"{' or '.join(allowed)} output")
-    if manifest.get("status") != "complete":
-        raise UserError(f"input: {cfg.input} is an unfinished {stage} output; re-run that stage to finish it")
-    shards = shard_files(cfg.input)
-    if shards:
-        names = set(pq.read_schema(shards[0]).names)
-        needed = TRACE_NEEDED + (SCORED_NEEDED if stage == "score" else ())
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise UserError(f"input: {cfg.input} lacks the column(s) {', '.join(missing)}")
-    if cfg.per_problem < 1:
-        raise UserError(f"per_problem: must be at least 1, got {cfg.per_problem}")
-    for name in ("max_per_problem", "max_rows"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
-            raise UserError(f"{name}: must not be negative, got {getattr(cfg, name)}")
+    manifest = read_stage_input(cfg.input, allowed, f"filter --rule {cfg.rule}",
+                                {"score": TRACE_NEEDED + SCORED_NEEDED, "generate": TRACE_NEEDED})
     if cfg.match_count_of:
         other = read_manifest(cfg.match_count_of)
         if other.get("stage") != "filter" or other.get("status") != "complete":
@@ -310,16 +287,10 @@ def sft_row(row: dict[str, Any], pick: dict[str, Any], rule: str, how: str) -> d
 
 
 def sft_schema() -> Any:
-    """Return the arrow schema of SFT rows (fixed, so every output loads the same way)."""
-    import pyarrow as pa
+    """Return the arrow schema of SFT rows (`mrt_star.schemas.SFT`)."""
+    from mrt_star.schemas import SFT, arrow_schema
 
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    return pa.schema([
-        ("problem_id", pa.string()), ("prompt", pa.list_(message)), ("completion", pa.list_(message)),
-        ("messages", pa.list_(message)), ("prefix", pa.string()), ("suffix", pa.string()), ("rule", pa.string()),
-        ("cumulative_progress", pa.float64()), ("num_tokens", pa.int64()), ("format", pa.string()),
-        ("sample_index", pa.int64()), ("answer", pa.string()), ("j_end", pa.float64()), ("trimmed", pa.bool_()),
-    ])
+    return arrow_schema(SFT)
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -431,7 +402,7 @@ def run_filter(cfg: FilterConfig) -> Path:
     if cfg.trailing == "trim":
         from mrt_star.grading import Grader
 
-        grader = Grader(mode=cfg.grading)
+        grader = Grader(**cfg.grader_kwargs())
     kept = select(rows, cfg, grader)
     target = _target_count(cfg)
     before = len(kept)

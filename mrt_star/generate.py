@@ -25,23 +25,31 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from mrt_star.config import StageIO, config_to_dict, option
-from mrt_star.engines import ENGINES
+from mrt_star.config import config_to_dict, option
 from mrt_star.errors import UserError
 from mrt_star.formats.prompts import (
     ATTEMPT_SEPARATOR,
     BACKTRACK_RE,
     DEFAULT_TEMPLATE,
-    FORMATS,
     STEP_RE,
     THINK_OPEN,
     backtrack_line,
     prompt_messages,
     user_prompt,
 )
-from mrt_star.grading import GRADING_MODES
+from mrt_star.options import (
+    RENAMED,
+    EngineOptions,
+    FormatOptions,
+    GradingOptions,
+    ModelOptions,
+    ProblemOptions,
+    PromptOptions,
+    SamplingOptions,
+    StageIO,
+)
 
 BACKTRACK_POINTS = ("random", "marked")
 BACKTRACK_VARIANTS = ("shared_prefix", "no_shared_prefix", "restart")
@@ -53,22 +61,12 @@ GRADER_WARMUP = (("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{2\\sqrt{2}}", "\\sq
 
 
 @dataclass
-class GenerateConfig(StageIO):
+class GenerateConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOptions, SamplingOptions,
+                     GradingOptions, EngineOptions):
     """Options of `mrt-star generate` (trace format, sampling, engine, backtrack and linearized knobs)."""
 
-    format: str = option("backtrack", "trace format: backtrack (attempt, backtrack line, revision), linearized "
-                         "(a chain of complete attempts) or open (free thinking)", choices=FORMATS)
-    n: int = option(4, "traces sampled per problem")
-    temperature: float = option(1.0, "sampling temperature (0: greedy)")
-    top_p: float = option(1.0, "nucleus sampling: keep the smallest token set with this much probability")
-    max_new_tokens: int = option(512, "token cap per engine call (one attempt, one revision, a whole open trace)")
-    prompt_template: str = option("auto", "user prompt: a template name from mrt_star/formats/prompts.py or text "
-                                  "with {problem}; auto: toy-<format> for toy models, else the format's default")
-    system_prompt: str | None = option(None, "system message put before the problem")
-    chat_template: str | None = option(None, "chat template (a Jinja file or template text) to use, e.g. for a "
-                                       "model whose tokenizer has none")
-    grading: str = option("symbolic", "answer grading: symbolic (math-verify) or hendrycks (string parity with "
-                          "the reference)", choices=GRADING_MODES)
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
+
     backtrack_point: str = option("random", "backtrack: the step the revision goes back to: random (uniform over "
                                   "the attempt's steps) or marked (where the model itself began a backtrack line; "
                                   "random when it did not)", choices=BACKTRACK_POINTS)
@@ -78,18 +76,11 @@ class GenerateConfig(StageIO):
                                     "('Backtrack to beginning', everything redone)", choices=BACKTRACK_VARIANTS)
     explicit_backtrack: bool = option(False, "backtrack: one plain call per trace; the model writes its own "
                                       "backtrack lines (or none)")
-    max_attempts: int = option(3, "linearized: at most this many attempts per trace")
+    max_attempts: int = option(3, "linearized: at most this many attempts per trace", at_least=1)
     stop_at_first_correct: bool = option(False, "linearized: end a chain after its first correct attempt")
     continue_after_eos: bool = option(False, "linearized: start another attempt even when the model ended its "
                                       "turn instead of writing the attempt separator")
-    engine: str = option("transformers", "sampling engine", choices=ENGINES)
-    batch_size: int = option(64, "transformers engine: sequences decoded together")
-    device: str = option("auto", "transformers engine: auto, cpu, cuda or cuda:N")
-    dtype: str = option("auto", "weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16")
-    tensor_parallel_size: int = option(1, "vllm engine: GPUs per model replica")
-    data_parallel_size: int = option(1, "vllm engine: model replicas, each on its own GPUs")
-    engine_options: dict = option({}, "further engine options, e.g. {gpu_memory_utilization: 0.8, max_model_len: 8192}")
-    shard_size: int = option(32, "problems per output shard (the unit of resume)")
+    shard_size: int = option(32, "problems per output shard (the unit of resume)", at_least=1)
 
 
 @dataclass
@@ -107,14 +98,6 @@ class Trace:
 
 def check_options(cfg: GenerateConfig) -> None:
     """Raise UserError for option values no run can use."""
-    for name in ("n", "max_new_tokens", "shard_size", "max_attempts", "batch_size", "tensor_parallel_size",
-                 "data_parallel_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name}: must be at least 1, got {getattr(cfg, name)}")
-    if cfg.temperature < 0:
-        raise UserError(f"temperature: must be >= 0, got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"top_p: must be in (0, 1], got {cfg.top_p}")
     if cfg.prompt_template != "auto":
         try:
             user_prompt("x", cfg.prompt_template)
@@ -134,18 +117,7 @@ def resolve_template(cfg: GenerateConfig, tokenizer: Any) -> str:
     """Return the prompt template to use ('auto' resolved for the model at hand)."""
     if cfg.prompt_template != "auto":
         return cfg.prompt_template
-    return f"toy-{cfg.format}" if is_toy_model(cfg.model, tokenizer) else DEFAULT_TEMPLATE[cfg.format]
-
-
-def engine_kwargs(cfg: GenerateConfig) -> dict[str, Any]:
-    """Return the options of the chosen engine from the config (engine_options win)."""
-    common: dict[str, Any] = {"dtype": cfg.dtype, "chat_template": cfg.chat_template}
-    if cfg.engine == "transformers":
-        common.update(device=cfg.device, batch_size=cfg.batch_size)
-    else:
-        common.update(tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
-                      seed=cfg.seed)
-    return {**common, **cfg.engine_options}
+    return f"toy-{cfg.format}" if is_toy_model(cfg.model_name(), tokenizer) else DEFAULT_TEMPLATE[cfg.format]
 
 
 def grader_workers() -> int:
@@ -365,26 +337,17 @@ def trace_rows(grader: Any, cfg: GenerateConfig, traces: list[Trace],
             "num_tokens": total, "finish_reason": t.finish_reason, "final_answer": final.extracted,
             "correct": bool(final.correct),
             "first_attempt_correct": None if first.extracted is None else bool(first.correct),
-            "engine": cfg.engine, "model": cfg.model, "temperature": float(cfg.temperature),
+            "engine": cfg.engine, "model": cfg.model_name(), "temperature": float(cfg.temperature),
             "top_p": float(cfg.top_p), "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         })
     return rows
 
 
 def traces_schema():
-    """Return the parquet schema of a traces shard (columns of `mrt_star.schemas.TRACES`)."""
-    import pyarrow as pa
+    """Return the parquet schema of a traces shard (`mrt_star.schemas.TRACES`)."""
+    from mrt_star.schemas import TRACES, arrow_schema
 
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    episode = pa.struct([("text", pa.string()), ("num_tokens", pa.int64())])
-    return pa.schema([
-        ("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string()), ("format", pa.string()),
-        ("sample_index", pa.int64()), ("prompt", pa.list_(message)), ("completion", pa.string()),
-        ("episodes", pa.list_(episode)), ("num_tokens", pa.int64()), ("finish_reason", pa.string()),
-        ("final_answer", pa.string()), ("correct", pa.bool_()), ("first_attempt_correct", pa.bool_()),
-        ("engine", pa.string()), ("model", pa.string()), ("temperature", pa.float64()), ("top_p", pa.float64()),
-        ("max_new_tokens", pa.int64()), ("seed", pa.int64()),
-    ])
+    return arrow_schema(TRACES)
 
 
 def summarize(rows: list[dict[str, Any]], skipped: int, tokens_per_second: float | None) -> dict[str, Any]:
@@ -441,7 +404,7 @@ def prepare_items(engine: Any, cfg: GenerateConfig, problems: list[dict]) -> lis
 def run_generate(cfg: GenerateConfig) -> Path:
     """Return the traces folder after sampling `n` traces per problem of `cfg.input` (resumable)."""
     from mrt_star.console import console, stage_progress, summary_table
-    from mrt_star.data import ProblemSource, load_problems
+    from mrt_star.data import load_problems, problem_source
     from mrt_star.engines import load_engine
     from mrt_star.grading import Grader
     from mrt_star.models import resolve_model
@@ -449,8 +412,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
     check_options(cfg)
     output = Path(cfg.output or f"traces-{cfg.format}")
-    problems = load_problems(ProblemSource(source=cfg.input or "toy", limit=cfg.limit, seed=cfg.seed))
-    model_path = resolve_model(cfg.model)
+    problems = load_problems(problem_source(cfg))
+    model_path = resolve_model(cfg.model_name())
     config = {**config_to_dict(cfg), "resolved_model": model_path}
     fp = fingerprint(cfg.input or "toy")
     store = _open_existing(output, cfg, config, fp)
@@ -458,10 +421,10 @@ def run_generate(cfg: GenerateConfig) -> Path:
         console.print(f"generate: {output} is already complete (pass --overwrite to redo it)")
         return output
 
-    grader = Grader(mode=cfg.grading, workers=grader_workers())
+    grader = Grader(**cfg.grader_kwargs(), workers=grader_workers())
     warmup = GraderWarmup(grader)
     try:
-        engine = load_engine(cfg.engine, model_path, **engine_kwargs(cfg))
+        engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs(seed=cfg.seed))
     except BaseException:
         warmup.stop()
         grader.close()

@@ -81,7 +81,7 @@ def scrub(text: str) -> str:
 def _schema_docs(stage: str | None) -> dict[str, str]:
     from mrt_star import schemas
 
-    return {"generate": schemas.TRACES, "score": schemas.SCORED, "filter": schemas.SFT}.get(stage or "", {})
+    return schemas.meanings(schemas.DATASETS.get(stage or "", {}))
 
 
 def _columns(folder: Path) -> list[tuple[str, str]]:

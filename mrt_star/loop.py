@@ -19,25 +19,46 @@ each round, so a comparison is not won by simply training on more rows.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrt_star.config import StageIO, build_config, config_to_dict, option
+from mrt_star.config import ConfigError, build_config, check_config, config_to_dict, option
 from mrt_star.errors import UserError
+from mrt_star.filter import RULES, FilterConfig, run_filter
+from mrt_star.finetune import FinetuneConfig, run_finetune
+from mrt_star.generate import GenerateConfig, run_generate
+from mrt_star.options import ModelOptions, ProblemOptions, StageIO
+from mrt_star.score import ScoreConfig, run_score
 
-RULES = ("mrt", "star", "shortest")
+# The stages of a round: recipe section → (config class, stage function). Keys the loop sets per round.
+STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "generate": (GenerateConfig, run_generate),
+    "score": (ScoreConfig, run_score),
+    "filter": (FilterConfig, run_filter),
+    "finetune": (FinetuneConfig, run_finetune),
+}
+LOOP_KEYS: dict[str, tuple[str, ...]] = {
+    "generate": ("seed", "input", "output", "model"),
+    "score": ("seed", "input", "output", "model"),
+    "filter": ("seed", "input", "output", "rule", "match_count_of"),
+    "finetune": ("seed", "input", "output", "model", "overwrite"),
+}
+# Problem-source options of the run are the generate stage's too (the loop writes the problems once).
+SHARED_WITH_GENERATE = ("split", "subset", "problem_column", "answer_column", "id_column")
 
 
 @dataclass
-class RunConfig(StageIO):
+class RunConfig(StageIO, ModelOptions, ProblemOptions):
     """Options of `mrt-star run`; per-stage options go in the `generate`/`score`/`filter`/`finetune` maps."""
 
     output: str | None = option("runs/mrt-star", "run folder (one subfolder per round and stage)")
-    rounds: int = option(2, "number of STaR rounds")
+    rounds: int = option(2, "number of STaR rounds", at_least=1)
     rules: list[str] = option(["mrt"], "filter rule(s); several run side by side from shared round-1 samples",
                               choices=RULES)
-    generate: dict = option({}, "options of the generate stage (keys of `mrt-star generate --help`)")
+    generate: dict = option({}, "options of the generate stage (keys of `mrt-star generate --help`; JSON or YAML "
+                            "flow text on the command line)")
     score: dict = option({}, "options of the score stage (keys of `mrt-star score --help`)")
     filter: dict = option({}, "options of the filter stage (keys of `mrt-star filter --help`); `rule` is set per run")
     finetune: dict = option({}, "options of the finetune stage (keys of `mrt-star finetune --help`)")
@@ -46,21 +67,58 @@ class RunConfig(StageIO):
                                   "so rules are compared at equal SFT sizes")
 
 
-def _stage(module: str, config: str, function: str):
-    import importlib
-
-    mod = importlib.import_module(module)
-    return getattr(mod, config), getattr(mod, function)
-
-
-def _call(module: str, config: str, function: str, options: dict[str, Any], fixed: dict[str, Any], where: str) -> Path:
-    """Build a stage config from the recipe's options plus the loop's fixed keys, run it, return its output."""
-    cls, run = _stage(module, config, function)
-    clash = sorted(set(options) & set(fixed))
+def stage_config(cfg: RunConfig, stage: str, fixed: dict[str, Any]) -> Any:
+    """Return the config of one stage: the recipe's section plus the keys the loop sets, checked in full."""
+    cls, _ = STAGES[stage]
+    options = getattr(cfg, stage)
+    clash = sorted(set(options) & set(LOOP_KEYS[stage]))
     if clash:
-        raise UserError(f"{where}: {clash[0]!r} is set by the loop for each round; remove it from the recipe")
-    cfg = build_config(cls, {**options, **fixed}, source=where)
-    return Path(run(cfg))
+        raise ConfigError(f"{stage}: {clash[0]!r} is set by the loop for each round; remove it from the recipe")
+    return build_config(cls, {**options, **fixed}, source=f"run recipe, section {stage}:")
+
+
+def check_run(cfg: RunConfig, engines_installed: bool = True) -> None:
+    """Build and check every stage's config (and the model and engine names) before anything runs.
+
+    A misspelt key anywhere in a recipe fails here, in seconds, instead of after hours of sampling.
+    `engines_installed` also checks that the engines the recipe names can be imported here.
+    """
+    check_config(cfg)
+    check_model_name(cfg.model_name())
+    placeholder = {"input": "<previous stage>", "output": "<run folder>", "seed": cfg.seed}
+    model = {"model": cfg.model_name()}
+    stage_config(cfg, "generate", {**placeholder, **model})
+    stage_config(cfg, "score", {**placeholder, **model})
+    for rule in cfg.rules:
+        stage_config(cfg, "filter", {**placeholder, "rule": rule})
+    stage_config(cfg, "finetune", {**placeholder, **model, "overwrite": True})
+    for stage in ("generate", "score"):
+        chosen = getattr(cfg, stage).get("engine")
+        if chosen == "vllm":
+            from mrt_star.engines import VLLM_HINT, vllm_installed
+
+            if engines_installed and not vllm_installed():
+                raise UserError(f"{stage}: engine 'vllm' is not installed: {VLLM_HINT}, or use engine: transformers")
+
+
+def check_model_name(name: str) -> None:
+    """Raise UserError for a model that can be neither a toy name, an existing folder nor a Hub id."""
+    import re
+
+    from mrt_star.models import TOY_MODELS
+
+    if name in TOY_MODELS or Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"model: no such folder {name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise UserError(f"model: {name!r} is neither {', '.join(TOY_MODELS)}, an existing folder nor a Hub id (ORG/NAME)")
+
+
+def _call(cfg: RunConfig, stage: str, fixed: dict[str, Any]) -> Path:
+    """Run one stage with the recipe's options plus the loop's keys; return its output folder."""
+    _, run = STAGES[stage]
+    return Path(run(stage_config(cfg, stage, fixed)))
 
 
 def _finetuned(folder: Path) -> bool:
@@ -68,11 +126,11 @@ def _finetuned(folder: Path) -> bool:
 
 
 def _write_problems(cfg: RunConfig, path: Path, seed: int) -> Path:
-    from mrt_star.data import ProblemSource, load_problems
+    from mrt_star.data import load_problems, problem_source
 
     if path.exists():
         return path
-    rows = load_problems(ProblemSource(source=cfg.input or "toy", limit=cfg.limit, seed=seed))
+    rows = load_problems(problem_source(cfg, seed=seed))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     tmp.replace(path)
@@ -94,15 +152,13 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
     base = run_dir / "round-1" if shared else run_dir / rule / f"round-{round_index}"
     own = run_dir / rule / f"round-{round_index}"
     io = {"seed": cfg.seed + round_index - 1}
-    traces = _call("mrt_star.generate", "GenerateConfig", "run_generate", cfg.generate,
-                   {**io, "input": str(problems), "output": str(base / "traces"), "model": model}, "generate")
-    scored = _call("mrt_star.score", "ScoreConfig", "run_score", cfg.score,
-                   {**io, "input": str(traces), "output": str(base / "scored"), "model": model}, "score")
+    traces = _call(cfg, "generate", {**io, "input": str(problems), "output": str(base / "traces"), "model": model})
+    scored = _call(cfg, "score", {**io, "input": str(traces), "output": str(base / "scored"), "model": model})
     fixed = {**io, "input": str(scored), "output": str(own / "sft"), "rule": rule}
     first = cfg.rules[0]
     if cfg.equal_sft_size and rule != first:
         fixed["match_count_of"] = str(run_dir / first / f"round-{round_index}" / "sft")
-    sft = _call("mrt_star.filter", "FilterConfig", "run_filter", cfg.filter, fixed, "filter")
+    sft = _call(cfg, "filter", fixed)
     model_dir = own / "model"
     kept = _summary(sft).get("kept_rows")
     if kept == 0:  # nothing to learn from: the next round samples from the same model again
@@ -112,8 +168,7 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
         return {"rule": rule, "round": round_index, "model_in": model, "model_out": model,
                 "generate": _summary(traces), "score": _summary(scored), "filter": _summary(sft), "finetune": {}}
     if not _finetuned(model_dir):
-        _call("mrt_star.train", "FinetuneConfig", "run_finetune", cfg.finetune,
-              {**io, "input": str(sft), "output": str(model_dir), "model": model, "overwrite": True}, "finetune")
+        _call(cfg, "finetune", {**io, "input": str(sft), "output": str(model_dir), "model": model, "overwrite": True})
     train = json.loads((model_dir / "training_summary.json").read_text())
     return {"rule": rule, "round": round_index, "model_in": model, "model_out": str(model_dir),
             "generate": _summary(traces), "score": _summary(scored), "filter": _summary(sft), "finetune": train}
@@ -138,24 +193,22 @@ def _table(results: list[dict[str, Any]]) -> None:
 def run_loop(cfg: RunConfig) -> Path:
     """Run `rounds` rounds for each rule and return the run folder (resumable at stage granularity)."""
     from mrt_star.models import resolve_model
+    from mrt_star.store import StoreError, resume_or_refuse
 
-    if cfg.rounds < 1:
-        raise UserError(f"rounds: must be at least 1, got {cfg.rounds}")
+    check_run(cfg)
     run_dir = Path(cfg.output or "runs/mrt-star")
-    run_dir.mkdir(parents=True, exist_ok=True)
     settings = run_dir / "run_config.json"
+    if run_dir.exists() and any(run_dir.iterdir()) and not settings.exists():
+        raise StoreError(f"{run_dir} exists and is not an mrt-star run folder; choose another --output")
     current = config_to_dict(cfg)
-    if settings.exists() and not cfg.overwrite:
-        old = json.loads(settings.read_text())
-        if {k: v for k, v in old.items() if k != "overwrite"} != {k: v for k, v in current.items() if k != "overwrite"}:
-            raise UserError(f"{run_dir} holds a run with a different config; pass --overwrite or another --output")
-    elif settings.exists() and cfg.overwrite:
+    old = {"config": json.loads(settings.read_text())} if settings.exists() else None
+    if resume_or_refuse(run_dir, "a run", old, {"config": current}, cfg.overwrite) == "fresh" and settings.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(current, indent=2) + "\n")
-    base_model = resolve_model(cfg.model)
+    base_model = resolve_model(cfg.model_name())
     results = []
     models = {rule: base_model for rule in cfg.rules}
     for round_index in range(1, cfg.rounds + 1):

@@ -13,58 +13,49 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from mrt_star.config import StageIO, config_to_dict, option
-from mrt_star.errors import UserError
-from mrt_star.formats.episodes import BACKTRACK_UNITS, EpisodeOptions, split_episodes
-from mrt_star.progress.prover import ESTIMATORS, ProverOptions, ProverQuery, prover_queries, run_prover
+from mrt_star.config import check_config, config_to_dict, option
+from mrt_star.formats.episodes import split_episodes
+from mrt_star.options import (
+    ESTIMATORS,
+    RENAMED,
+    STAGE_RENAMED,
+    EngineOptions,
+    EpisodeOptions,
+    EstimatorOptions,
+    GradingOptions,
+    ModelOptions,
+    ProverOptions,
+    StageIO,
+    episode_options,
+)
+from mrt_star.progress.prover import ProverOptions as ProverSettings
+from mrt_star.progress.prover import ProverQuery, prover_queries, run_prover
 
 NEEDED_COLUMNS = ("problem_id", "answer", "format", "prompt", "completion")
 
 
 @dataclass
-class ScoreConfig(StageIO):
+class ScoreConfig(StageIO, ModelOptions, ProverOptions, EstimatorOptions, EpisodeOptions, GradingOptions,
+                  EngineOptions):
     """Options of `mrt-star score` (prover, estimator, episodes, regret budgets, engine)."""
 
-    model: str | None = option(None, "prover model; omitted: the model that generated the traces")
-    k: int = option(8, "forced answers sampled per prefix (parity: 8)")
-    temperature: float = option(0.7, "prover sampling temperature (parity: 0.6-0.7)")
-    top_p: float = option(1.0, "prover nucleus sampling")
-    max_new_tokens: int = option(64, "tokens per forced answer (toy default; parity for thinking models: 4096)")
-    estimator: str = option("sample", "how J is estimated: sample (K graded forced answers, parity) or likelihood "
-                            "(exp log-prob of the reference answer after the force text)", choices=ESTIMATORS)
+    RENAMED: ClassVar[dict[str, str]] = {**RENAMED, **STAGE_RENAMED["score"], "temperature": "prover_temperature",
+                                         "top_p": "prover_top_p", "max_new_tokens": "prover_max_new_tokens"}
+
     compare_estimators: bool = option(False, "also run the other estimator and report their agreement")
-    budgets: list[int] = option([128, 256, 512], "token budgets C for normalized regret")
-    min_paragraphs: int = option(3, "open format: paragraphs an episode needs before a marker may split it")
-    max_splits: int = option(48, "open format: at most this many split points (parity 45-49)")
-    group_size: int = option(1, "open format: merge consecutive episodes in groups of this size (parity 3-5)")
-    backtrack_unit: str = option("attempt", "backtrack format: one episode per attempt (parity) or per numbered step "
-                                 "(J after every step; more prover calls)", choices=BACKTRACK_UNITS)
-    grading: str = option("symbolic", "answer grading mode (see mrt_star.grading; 'hendrycks' for parity)",
-                          choices=("symbolic", "hendrycks"))
-    grade_prefix_too: bool = option(False, "parity flag: grade prefix + forced answer (a \\boxed{} in the prefix "
-                                    "may count), as the reference notebooks did")
-    share_prefixes: bool = option(True, "ask each distinct forced prefix once (e.g. a problem's empty prefix)")
-    chat_template: str | None = option(None, "chat template (a Jinja file or template text); omitted: the one the "
-                                       "traces were generated with, if any")
-    engine: str = option("transformers", "engine: transformers or vllm", choices=("transformers", "vllm"))
-    engine_options: dict = option({}, "engine options (e.g. {batch_size: 64, device: cuda} or vLLM settings)")
-    shard_size: int = option(64, "traces per shard; all their prefixes go to the engine in one call")
+    budgets: list[int] = option([128, 256, 512], "token budgets C for normalized regret", at_least=1)
+    shard_size: int = option(64, "traces per shard; all their prefixes go to the engine in one call", at_least=1)
     dry_run: bool = option(False, "print the number of prover calls and the tokens they would spend; write nothing")
 
-    def prover_options(self, seed: int | None = None) -> ProverOptions:
+    def prover_settings(self, seed: int | None = None) -> ProverSettings:
         """Return the prover settings (both estimators when comparing them)."""
         estimators = tuple(ESTIMATORS) if self.compare_estimators else (self.estimator,)
-        return ProverOptions(k=self.k, temperature=self.temperature, top_p=self.top_p,
-                             max_new_tokens=self.max_new_tokens, estimators=estimators,
-                             grade_prefix_too=self.grade_prefix_too, share_prefixes=self.share_prefixes,
-                             seed=seed)
-
-    def episode_options(self) -> EpisodeOptions:
-        """Return the segmentation options."""
-        return EpisodeOptions(min_paragraphs=self.min_paragraphs, max_splits=self.max_splits,
-                              group_size=self.group_size, backtrack_unit=self.backtrack_unit)
+        return ProverSettings(k=self.prover_k, temperature=self.prover_temperature, top_p=self.prover_top_p,
+                              max_new_tokens=self.prover_max_new_tokens, estimators=estimators,
+                              grade_prefix_too=self.grade_prefix_too, share_prefixes=self.share_prefixes,
+                              seed=seed)
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -72,31 +63,10 @@ class ScoreConfig(StageIO):
 
 def check_input(cfg: ScoreConfig) -> dict[str, Any]:
     """Return the input's manifest after checking it is a finished generate output with trace columns."""
-    import pyarrow.parquet as pq
+    from mrt_star.store import read_stage_input
 
-    from mrt_star.store import read_manifest, shard_files
-
-    if not cfg.input:
-        raise UserError("input: pass the traces folder written by `mrt-star generate` (--input DIR)")
-    if not Path(cfg.input).is_dir():
-        raise UserError(f"input: {cfg.input} is not a folder; pass the output folder of `mrt-star generate`")
-    manifest = read_manifest(cfg.input)
-    if manifest.get("stage") != "generate":
-        raise UserError(f"input: {cfg.input} is a {manifest.get('stage')!r} output; score reads a `generate` output")
-    if manifest.get("status") != "complete":
-        raise UserError(f"input: {cfg.input} is an unfinished generate output; re-run generate to finish it")
-    shards = shard_files(cfg.input)
-    if shards:
-        names = set(pq.read_schema(shards[0]).names)
-        missing = [c for c in NEEDED_COLUMNS if c not in names]
-        if missing:
-            raise UserError(f"input: {cfg.input} lacks the trace column(s) {', '.join(missing)}")
-    for name in ("k", "max_new_tokens", "shard_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name}: must be at least 1, got {getattr(cfg, name)}")
-    if any(b <= 0 for b in cfg.budgets):
-        raise UserError(f"budgets: every budget must be positive, got {cfg.budgets}")
-    return manifest
+    check_config(cfg)
+    return read_stage_input(cfg.input, ("generate",), "score", NEEDED_COLUMNS)
 
 
 def problem_shards(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -134,12 +104,12 @@ def score_rows(rows: list[dict[str, Any]], engine: Any, grader: Any, cfg: ScoreC
     """Return `rows` with the SCORED columns added; every prefix of every row goes to ONE prover call."""
     from mrt_star.progress.metrics import trace_metrics
 
-    options = cfg.prover_options(seed)
-    episode_options = cfg.episode_options()
+    options = cfg.prover_settings(seed)
+    episodes_cut = episode_options(cfg)
     queries: list[ProverQuery] = []
     spans, episodes_of = [], []
     for row in rows:
-        episodes = trace_episodes(engine, row, episode_options)
+        episodes = trace_episodes(engine, row, episodes_cut)
         episodes_of.append(episodes)
         qs = prover_queries(list(row["prompt"]), [e["text"] for e in episodes], row["format"], row["answer"])
         spans.append((len(queries), len(queries) + len(qs)))
@@ -186,27 +156,9 @@ def scored_schema(input_schema: Any) -> Any:
     """
     import pyarrow as pa
 
-    answer = pa.struct([("text", pa.string()), ("answer", pa.string()), ("correct", pa.bool_()),
-                        ("num_tokens", pa.int64())])
-    added = {
-        "episodes": pa.list_(pa.struct([("text", pa.string()), ("num_tokens", pa.int64())])),
-        "j_tokens": pa.list_(pa.int64()),
-        "j_values": pa.list_(pa.float64()),
-        "progress": pa.list_(pa.float64()),
-        "cumulative_progress": pa.float64(),
-        "j_start": pa.float64(),
-        "j_end": pa.float64(),
-        "forced_final_correct": pa.bool_(),
-        "regret": pa.list_(pa.struct([("budget", pa.float64()), ("value", pa.float64())])),
-        "estimator": pa.string(),
-        "j_sample": pa.list_(pa.float64()),
-        "j_likelihood": pa.list_(pa.float64()),
-        "prover_answers": pa.list_(pa.list_(answer)),
-        "prover_rollouts": pa.int64(),
-        "prover_tokens": pa.int64(),
-        "prover_prompt_tokens": pa.int64(),
-        "prover_skipped_prefixes": pa.int64(),
-    }
+    from mrt_star.schemas import SCORED, TRACES, arrow_type
+
+    added = {name: arrow_type(col.type) for name, col in SCORED.items() if name not in TRACES or name == "episodes"}
     fields = [f if f.name not in added else pa.field(f.name, added[f.name]) for f in input_schema]
     fields += [pa.field(k, v) for k, v in added.items() if k not in input_schema.names]
     return pa.schema(fields)
@@ -231,7 +183,7 @@ def _load_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
 def _prover_model(cfg: ScoreConfig, manifest: dict[str, Any]) -> str:
     from mrt_star.models import resolve_model
 
-    return resolve_model(cfg.model or manifest.get("config", {}).get("model") or "toy")
+    return resolve_model(cfg.model_name(manifest.get("config", {}).get("model") or "toy"))
 
 
 def _chat_template(cfg: ScoreConfig, manifest: dict[str, Any]) -> str | None:
@@ -240,9 +192,9 @@ def _chat_template(cfg: ScoreConfig, manifest: dict[str, Any]) -> str | None:
 
 
 def engine_kwargs(cfg: ScoreConfig, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Return the engine's options (engine_options win over the inherited chat template)."""
+    """Return the engine's options: the engine group's, with the traces' chat template unless one is given."""
     template = _chat_template(cfg, manifest)
-    return {**({"chat_template": template} if template else {}), **cfg.engine_options}
+    return {**({"chat_template": template} if template else {}), **cfg.engine_kwargs(seed=cfg.seed)}
 
 
 # --- dry run ----------------------------------------------------------------------------------------
@@ -261,7 +213,7 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
     for shard in problem_shards(rows, cfg.shard_size):
         qs = []
         for row in shard:
-            episodes = trace_episodes(counter, row, cfg.episode_options())
+            episodes = trace_episodes(counter, row, episode_options(cfg))
             qs += prover_queries(list(row["prompt"]), [e["text"] for e in episodes], row["format"], row["answer"])
         unique, _ = _unique(qs, cfg.share_prefixes)
         calls += len(unique)
@@ -269,7 +221,7 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
     all_qs = [q for qs, _ in queries for q in qs]
     distinct = list(dict.fromkeys(q for _, unique in queries for q in unique))
     lengths = dict(zip(distinct, counter.count_tokens([render_chat(tokenizer, q.messages()) for q in distinct]), strict=True))
-    k = cfg.k
+    k = cfg.prover_k
     sampled = cfg.compare_estimators or cfg.estimator == "sample"
     return {
         "traces": len(rows),
@@ -279,7 +231,7 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
         "rollouts": calls * k if sampled else 0,
         "prefix tokens encoded (one prefill per call)": sum(lengths[q] for _, u in queries for q in u),
         "prefix tokens if every rollout re-encoded its prefix": sum(lengths[q] for q in all_qs) * k,
-        "max answer tokens (calls x K x max_new_tokens)": calls * k * cfg.max_new_tokens if sampled else 0,
+        "max answer tokens (calls x K x prover_max_new_tokens)": calls * k * cfg.prover_max_new_tokens if sampled else 0,
         "likelihood passes": calls if (cfg.compare_estimators or cfg.estimator == "likelihood") else 0,
     }
 
@@ -321,7 +273,7 @@ def run_score(cfg: ScoreConfig) -> Path:
         from mrt_star.grading import Grader
 
         engine = load_engine(cfg.engine, model_path, **engine_kwargs(cfg, manifest))
-        grader = Grader(mode=cfg.grading)
+        grader = Grader(**cfg.grader_kwargs())
         start = time.time()
         try:
             with stage_progress() as bar:
@@ -356,6 +308,6 @@ def summarize(rows: list[dict[str, Any]], cfg: ScoreConfig) -> dict[str, Any]:
     pairs = [(r["j_sample"], r["j_likelihood"]) for r in rows if r.get("j_sample") and r.get("j_likelihood")]
     if pairs:
         # Sampled J moves in steps of 1/K; a likelihood change under half a step counts as no change.
-        agreement = estimator_agreement([a for a, _ in pairs], [b for _, b in pairs], eps=0.5 / cfg.k)
+        agreement = estimator_agreement([a for a, _ in pairs], [b for _, b in pairs], eps=0.5 / cfg.prover_k)
         summary.update({f"estimators: {k}": v for k, v in agreement.items() if k not in ("prefixes", "episodes")})
     return summary

@@ -60,8 +60,26 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RESUME_NEUTRAL_KEYS}
+def _comparable(config: dict[str, Any], neutral: tuple[str, ...] = RESUME_NEUTRAL_KEYS) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in neutral}
+
+
+def resume_or_refuse(folder: str | Path, what: str, old: dict[str, Any] | None, new: dict[str, Any],
+                     overwrite: bool, neutral: tuple[str, ...] = RESUME_NEUTRAL_KEYS) -> str:
+    """Return 'fresh' (nothing there, or --overwrite) or 'resume' (same config and input); refuse anything else.
+
+    The one rule every output follows (stage folders, fine-tuned models, run folders): the same command
+    resumes; a different config or input is refused unless `overwrite` is set. `old` and `new` are records of
+    {"config": ..., "input_fingerprint": ...} (either key may be absent); `neutral` config keys never block.
+    """
+    if old is None or overwrite:
+        return "fresh"
+    same = (_canonical(_comparable(old.get("config", {}), neutral)) == _canonical(_comparable(new.get("config", {}), neutral))
+            and old.get("input_fingerprint") == new.get("input_fingerprint"))
+    if not same:
+        raise StoreError(f"{folder} already holds {what} made with a different config or input; pass --overwrite "
+                         f"to replace it, or choose another --output")
+    return "resume"
 
 
 class Store:
@@ -79,14 +97,12 @@ class Store:
     # -- opening --------------------------------------------------------------------------------
     def _open(self, overwrite: bool) -> dict[str, Any]:
         old = self._read_manifest()
-        if old is not None and not overwrite:
-            same = (old.get("stage") == self.stage and old.get("input_fingerprint") == self.input_fingerprint
-                    and _canonical(_comparable(old.get("config", {}))) == _canonical(_comparable(self.config)))
-            if not same:
-                raise StoreError(
-                    f"{self.path} already holds a {old.get('stage')} output made with a different config or "
-                    f"input; pass --overwrite to replace it, or choose another --output"
-                )
+        if old is not None and old.get("stage") != self.stage and not overwrite:
+            raise StoreError(f"{self.path} already holds a {old.get('stage')} output; pass --overwrite to replace "
+                             f"it, or choose another --output")
+        record = {"config": self.config, "input_fingerprint": self.input_fingerprint}
+        if old is not None and resume_or_refuse(self.path, f"a {old.get('stage')} output", old, record,
+                                                overwrite) == "resume":
             old["config"] = self.config  # the same up to resume-neutral keys; keep the latest
             old["status"] = "complete" if old.get("status") == "complete" else "running"
             old.setdefault("resumed", 0)
@@ -181,6 +197,37 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         raise StoreError(f"{path} is not an mrt-star stage output (no {MANIFEST}); run the previous stage first")
     return json.loads(p.read_text())
+
+
+def read_stage_input(path: str | None, stages: tuple[str, ...], verb: str,
+                     needed: tuple[str, ...] | dict[str, tuple[str, ...]] = ()) -> dict[str, Any]:
+    """Return the manifest of `path` after checking it is a finished output of one of `stages` with `needed` columns.
+
+    The one check every stage makes of a previous stage's output; `needed` may map a stage to its columns.
+    """
+    import pyarrow.parquet as pq
+
+    wanted = " or ".join(f"`mrt-star {s}`" for s in stages)
+    if not path:
+        raise StoreError(f"input: pass the output folder of {wanted} (--input DIR)")
+    if not Path(path).is_dir():
+        raise StoreError(f"input: {path} is not a folder; pass the output folder of {wanted}")
+    manifest = read_manifest(path)
+    stage = manifest.get("stage")
+    if stage not in stages:
+        raise StoreError(f"input: {path} is a {stage!r} output; {verb} reads the output of {wanted}")
+    if manifest.get("status") != "complete":
+        raise StoreError(f"input: {path} is an unfinished {stage} output (still being written, or stopped); "
+                         f"re-run `mrt-star {stage}` to finish it")
+    columns = needed.get(stage, ()) if isinstance(needed, dict) else needed
+    shards = shard_files(path)
+    if shards and columns:
+        names = set(pq.read_schema(shards[0]).names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise StoreError(f"input: {path} lacks the column(s) {', '.join(missing)}; is it a {stage} output of "
+                             f"this mrt-star version?")
+    return manifest
 
 
 def read_rows(path: str | Path, require_complete: bool = True) -> list[dict[str, Any]]:

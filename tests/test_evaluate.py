@@ -18,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**values):
-    from mrt_star.evaluate import EvalConfig
+    from mrt_star.eval.stage import EvalConfig
 
-    base = dict(limit=3, n=2, k=[1, 2], max_new_tokens=96, temperature=1.0)
+    base = dict(limit=3, n=2, k_values=[1, 2], max_new_tokens=96, temperature=1.0)
     return build_config(EvalConfig, {**base, **values})
 
 
@@ -42,7 +42,7 @@ def noisy_copy(micro_model, tmp_path_factory):
 
 
 def test_eval_two_models_writes_metrics_plots_and_resumes(tmp_path, micro_model, noisy_copy):
-    from mrt_star.evaluate import run_eval
+    from mrt_star.eval.stage import run_eval
 
     out = run_eval(_config(models=[str(micro_model), str(noisy_copy)], labels=["micro", "noisy"],
                            output=str(tmp_path / "eval")))
@@ -74,11 +74,11 @@ def test_eval_two_models_writes_metrics_plots_and_resumes(tmp_path, micro_model,
 
 
 def test_linearized_mode_with_budget_forcing(tmp_path, micro_model):
-    from mrt_star.evaluate import run_eval
+    from mrt_star.eval.stage import run_eval
 
     out = run_eval(_config(models=[str(micro_model)], labels=["model"], mode="linearized", format="linearized", limit=2, n=1,
-                           k=[1], window=1, max_attempts=2, max_new_tokens=64, budgets=[16, 48],
-                           budget_forcing=True, forcing_k=2, forcing_max_new_tokens=8, output=str(tmp_path / "lin")))
+                           k_values=[1], window=1, max_attempts=2, max_new_tokens=64, budgets=[16, 48],
+                           budget_forcing=True, prover_k=2, prover_max_new_tokens=8, output=str(tmp_path / "lin")))
     m = json.loads((out / "metrics.json").read_text())["models"]["model"]
     assert m["mode"] == "linearized" and 1 <= m["mean_episodes"] <= 2
     assert 1 <= len(m["j_by_episode"]) <= 2
@@ -103,10 +103,10 @@ def _traces_folder(folder, n: int = 2):
 
 
 def test_history_mode_continues_the_first_episode(tmp_path, micro_model):
-    from mrt_star.evaluate import run_eval
+    from mrt_star.eval.stage import run_eval
 
     traces = _traces_folder(tmp_path / "traces")
-    out = run_eval(_config(models=[str(micro_model)], mode="history", input=str(traces), n=2, k=[1],
+    out = run_eval(_config(models=[str(micro_model)], mode="history", input=str(traces), n=2, k_values=[1],
                            output=str(tmp_path / "hist")))
     from mrt_star.store import read_rows
 
@@ -119,7 +119,7 @@ def test_history_mode_continues_the_first_episode(tmp_path, micro_model):
 
 
 def test_bad_eval_inputs_are_refused(tmp_path):
-    from mrt_star.evaluate import run_eval
+    from mrt_star.eval.stage import run_eval
 
     with pytest.raises(UserError, match="labels"):
         run_eval(_config(models=["a", "b"], labels=["x"], output=str(tmp_path / "e1")))
@@ -129,7 +129,7 @@ def test_bad_eval_inputs_are_refused(tmp_path):
 
 
 def test_model_flag_and_default_labels():
-    from mrt_star.evaluate import model_labels, model_names
+    from mrt_star.eval.stage import model_labels, model_names
 
     assert model_names(_config(model="toy-micro")) == ["toy-micro"]
     assert model_names(_config(model="toy,toy-micro")) == ["toy", "toy-micro"]

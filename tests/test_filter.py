@@ -163,7 +163,7 @@ def test_filter_input_checks(tmp_path):
     gen = _scored_folder(tmp_path / "gen", [{k: v for k, v in r.items() if k in (
         "problem_id", "prompt", "completion", "correct", "num_tokens", "format", "sample_index", "answer")}
         for r in ROWS], stage="generate")
-    with pytest.raises(UserError, match="reads a score output"):
+    with pytest.raises(UserError, match="reads the output of `mrt-star score`"):
         run_filter(FilterConfig(input=gen, output=str(tmp_path / "x"), rule="mrt"))
     assert not (tmp_path / "x").exists()  # nothing created before the input is validated
     out = run_filter(FilterConfig(input=gen, output=str(tmp_path / "y"), rule="shortest"))

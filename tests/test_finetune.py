@@ -36,7 +36,7 @@ def make_sft_set(folder, n: int = 24, fmt: str = "backtrack", seed: int = 0):
 
 
 def _config(**values):
-    from mrt_star.train import FinetuneConfig
+    from mrt_star.finetune import FinetuneConfig
 
     base = dict(learning_rate=5e-4, per_device_train_batch_size=8, max_length=400, probe_examples=16, warmup_ratio=0.0)
     return build_config(FinetuneConfig, {**base, **values})
@@ -45,7 +45,7 @@ def _config(**values):
 def test_labels_mask_the_prompt_and_keep_the_end_of_turn(micro_model):
     from transformers import AutoTokenizer
 
-    from mrt_star.train import encode_example
+    from mrt_star.finetune import encode_example
 
     tok = AutoTokenizer.from_pretrained(micro_model)
     prompt = [{"role": "user", "content": "[backtrack] Compute 1+2."}]
@@ -65,7 +65,7 @@ def test_labels_mask_the_prompt_and_keep_the_end_of_turn(micro_model):
 def test_overlong_examples_are_dropped_and_counted(tmp_path, micro_model):
     from transformers import AutoTokenizer
 
-    from mrt_star.train import build_examples, encode_example, load_sft_rows, row_target
+    from mrt_star.finetune import build_examples, encode_example, load_sft_rows, row_target
 
     sft = make_sft_set(tmp_path / "sft", n=18)
     rows = load_sft_rows(str(sft))
@@ -83,12 +83,12 @@ def test_overlong_examples_are_dropped_and_counted(tmp_path, micro_model):
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path):
-    from mrt_star.train import run_finetune
+    from mrt_star.finetune import run_finetune
 
     other = Store(tmp_path / "traces", "generate", {}, "x")
     other.write_shard(0, [{"problem_id": "p", "completion": "x"}])
     other.finish()
-    with pytest.raises(UserError, match="not a filter output"):
+    with pytest.raises(UserError, match="finetune reads the output of `mrt-star filter`"):
         run_finetune(_config(input=str(tmp_path / "traces"), output=str(tmp_path / "m1")))
     empty = Store(tmp_path / "empty", "filter", {}, "x")
     empty.finish()
@@ -103,7 +103,7 @@ def test_finetune_lowers_the_loss_and_the_model_reloads(tmp_path, micro_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mrt_star.train import run_finetune
+    from mrt_star.finetune import run_finetune
 
     sft = make_sft_set(tmp_path / "sft", n=24)
     out = run_finetune(_config(input=str(sft), output=str(tmp_path / "model"), model=str(micro_model),
@@ -134,7 +134,7 @@ def test_finetune_lowers_the_loss_and_the_model_reloads(tmp_path, micro_model):
 def test_lora_suffix_only_run_saves_a_merged_model(tmp_path, micro_model):
     from transformers import AutoModelForCausalLM
 
-    from mrt_star.train import run_finetune
+    from mrt_star.finetune import run_finetune
 
     sft = make_sft_set(tmp_path / "sft", n=8)
     out = run_finetune(_config(input=str(sft), output=str(tmp_path / "lora"), model=str(micro_model), lora=True,

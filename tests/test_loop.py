@@ -26,7 +26,7 @@ RECIPE = """
 model: toy-micro
 rounds: 1
 generate: {format: backtrack, n: 6, max_new_tokens: 160}
-score: {k: 4, max_new_tokens: 24, budgets: [64, 128]}
+score: {prover_k: 4, prover_max_new_tokens: 24, budgets: [64, 128]}
 filter: {max_per_problem: 1, min_j_end: -1}
 finetune: {learning_rate: 1.0e-3, num_train_epochs: 1, per_device_train_batch_size: 8, probe_examples: 4}
 """

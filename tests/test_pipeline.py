@@ -30,8 +30,8 @@ def world(micro_model, tmp_path_factory):
     traces = run_generate(build_config(GenerateConfig, {
         "input": str(problems), "output": str(root / "traces"), "model": str(micro_model), "format": "backtrack",
         "n": 6, "max_new_tokens": 160, "seed": 0}))
-    score_cfg = ScoreConfig(input=str(traces), output=str(root / "scored"), model=str(micro_model), k=K,
-                            max_new_tokens=24, shard_size=30, compare_estimators=True, budgets=[64, 128])
+    score_cfg = ScoreConfig(input=str(traces), output=str(root / "scored"), model=str(micro_model), prover_k=K,
+                            prover_max_new_tokens=24, shard_size=30, compare_estimators=True, budgets=[64, 128])
     scored = run_score(score_cfg)
     return {"root": root, "traces": traces, "scored": scored, "score_cfg": score_cfg}
 

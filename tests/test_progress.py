@@ -272,7 +272,7 @@ def test_prefixes_too_long_for_the_context_are_skipped_and_hold_the_previous_j()
 
     rows, answers, _ = _two_traces()
     engine = ShortContext(answers)
-    scored = score_rows(rows[:1], engine, ExactGrader(), ScoreConfig(k=4, budgets=[40]))
+    scored = score_rows(rows[:1], engine, ExactGrader(), ScoreConfig(prover_k=4, budgets=[40]))
     # Only the empty prefix (the force text alone) fits in 40 tokens; the rest hold its J.
     assert engine.generate_calls[0][0] == 1
     assert scored[0]["j_values"] == [0.25, 0.25, 0.25] and scored[0]["prover_skipped_prefixes"] == 2
@@ -314,7 +314,7 @@ def test_score_rows_one_engine_call_per_shard_and_columns():
 
     rows, answers, probs = _two_traces()
     engine, grader = ScriptedEngine(answers, probs), ExactGrader()
-    cfg = ScoreConfig(k=4, budgets=[40], compare_estimators=True)
+    cfg = ScoreConfig(prover_k=4, budgets=[40], compare_estimators=True)
     scored = score_rows(rows, engine, grader, cfg, seed=3)
     assert len(engine.generate_calls) == 1 and engine.generate_calls[0][1].seed == 3
     assert len(engine.logprob_calls) == 1
@@ -340,9 +340,9 @@ def test_dry_run_plan_counts_calls_and_tokens():
     from mrt_star.toy.tokenizer import build_tokenizer
 
     rows, _, _ = _two_traces()
-    p = plan(rows, build_tokenizer(), ScoreConfig(k=4, max_new_tokens=10))
+    p = plan(rows, build_tokenizer(), ScoreConfig(prover_k=4, prover_max_new_tokens=10))
     assert p["prefixes"] == 5 and p["prover calls (distinct prefixes)"] == 4 and p["rollouts"] == 16
-    assert p["max answer tokens (calls x K x max_new_tokens)"] == 160
+    assert p["max answer tokens (calls x K x prover_max_new_tokens)"] == 160
     assert p["prefix tokens if every rollout re-encoded its prefix"] > 4 * p["prefix tokens encoded (one prefill per call)"]
 
 
@@ -405,7 +405,7 @@ def test_run_score_resumes_after_a_kill_without_duplicates(stage_world):
     from mrt_star.store import read_manifest, read_rows
 
     traces, engines, tmp, kill = stage_world
-    cfg = dict(input=traces, output=str(tmp / "scored"), k=4, shard_size=2, budgets=[40])
+    cfg = dict(input=traces, output=str(tmp / "scored"), prover_k=4, shard_size=2, budgets=[40])
     # Killed during the second shard's engine call: shard 0 is on disk, nothing else.
     kill["on_call"] = 2
     with pytest.raises(KeyboardInterrupt):
@@ -413,7 +413,7 @@ def test_run_score_resumes_after_a_kill_without_duplicates(stage_world):
     assert engines[0].closed
     assert read_manifest(tmp / "scored")["status"] == "running"
     with pytest.raises(Exception, match="different config"):
-        run_score(ScoreConfig(**{**cfg, "k": 8}))  # a different config cannot resume this output
+        run_score(ScoreConfig(**{**cfg, "prover_k": 8}))  # a different config cannot resume this output
     out = run_score(ScoreConfig(**cfg))
     assert len(engines[-1].generate_calls) == 2  # shards 1 and 2 only
     rows = read_rows(out)
@@ -433,7 +433,7 @@ def test_run_score_dry_run_and_input_checks(stage_world, monkeypatch, capsys):
 
     traces, engines, tmp, _ = stage_world
     monkeypatch.setattr("mrt_star.engines.base.load_tokenizer", lambda *a, **k: build_tokenizer())
-    run_score(ScoreConfig(input=traces, output=str(tmp / "dry"), k=4, dry_run=True, compare_estimators=True))
+    run_score(ScoreConfig(input=traces, output=str(tmp / "dry"), prover_k=4, dry_run=True, compare_estimators=True))
     assert not (tmp / "dry").exists() and engines == []
     err = capsys.readouterr().err
     assert "prover calls" in err and "max answer tokens" in err

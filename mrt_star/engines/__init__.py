@@ -65,8 +65,10 @@ def load_engine(kind: str, model: str, **options: Any) -> Engine:
     Options are the engine's constructor arguments; unknown ones raise UserError naming the valid ones.
     Options set to None are dropped, so callers can pass their config fields through unchanged.
     """
+    from mrt_star.console import quiet_library_progress
     from mrt_star.models import resolve_model
 
+    quiet_library_progress()
     cls = _engine_class(kind)
     options = {k: v for k, v in options.items() if v is not None}
     accepts_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())

@@ -1,1 +1,2 @@
-"""Evaluation: metrics (pure functions) and plots; the `eval` stage itself is `mrt_star.evaluate`."""
+"""Evaluation: the `eval` stage (`stage`), sampling and grading (`sampling`), metrics as pure functions
+(`metrics`, `summary`) and plots (`plots`)."""

@@ -1,6 +1,6 @@
 """Evaluation metrics as pure functions: pass@k, maj@k (and against tokens), J curves and their regret.
 
-Nothing here samples or grades; `mrt_star.evaluate` feeds these with graded samples. Conventions:
+Nothing here samples or grades; `mrt_star.eval.sampling` feeds these with graded samples. Conventions:
 
 - A *J curve* is a list of points (tokens, J): J is the chance of a correct answer if the trace stopped
   at that token position. Between points the curve is a straight line, it starts at (0, 0) and holds

@@ -27,10 +27,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from mrt_star.config import StageIO, config_to_dict, option
+from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
+from mrt_star.options import ModelOptions, StageIO
 
 SUMMARY = "training_summary.json"
 STARTED = "finetune_config.json"
@@ -39,7 +40,9 @@ NEUTRAL_KEYS = ("overwrite", "output", "logging_steps", "save_strategy", "save_s
 
 
 @dataclass
-class FinetuneConfig(StageIO):
+class FinetuneConfig(StageIO, ModelOptions):
+    RENAMED: ClassVar[dict[str, str]] = {"dtype": "master_dtype"}
+
     """Options of `mrt-star finetune` (defaults suit the toy model; recipes set the paper's values)."""
 
     learning_rate: float = option(1e-4, "peak learning rate (reference SFT: 1e-6)")
@@ -63,7 +66,7 @@ class FinetuneConfig(StageIO):
     lora_dropout: float = option(0.05, "LoRA dropout")
     lora_target_modules: list[str] = option(["all-linear"], "modules that get adapters ('all-linear' or names)")
     merge_lora: bool = option(True, "save the base model with the adapter merged in (false: save the adapter only)")
-    dtype: str = option("float32", "dtype the weights are loaded in; keep float32 with bf16 mixed precision so "
+    master_dtype: str = option("float32", "dtype the trained (master) weights are loaded in; keep float32 with bf16 mixed precision so "
                         "small updates (lr 1e-6) are not rounded away", choices=("float32", "bfloat16", "float16", "auto"))
     mixed_precision: str = option("auto", "autocast precision: auto = bf16 on a GPU that supports it, else none",
                                   choices=("auto", "bf16", "fp16", "no"))
@@ -84,24 +87,15 @@ class FinetuneConfig(StageIO):
 
 def load_sft_rows(path: str, limit: int | None = None, suffix_only: bool = False) -> list[dict[str, Any]]:
     """Return the rows of a filter output folder, or raise UserError when it is not one (or is empty)."""
-    from mrt_star.store import read_manifest, read_rows
+    from mrt_star.store import read_rows, read_stage_input
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise UserError(f"input: {path} is not a folder; pass the output folder of `mrt-star filter`")
-    stage = read_manifest(folder).get("stage")
-    if stage != "filter":
-        raise UserError(f"input: {path} is a {stage!r} output, not a filter output (an SFT set); run "
-                        f"`mrt-star filter` on it first")
-    rows = read_rows(folder)
+    needed = ("prompt", "completion") + (("prefix", "suffix") if suffix_only else ())
+    read_stage_input(path, ("filter",), "finetune", needed)
+    rows = read_rows(path)
     if limit:
         rows = rows[:limit]
     if not rows:
         raise UserError(f"input: {path} holds no SFT rows (the filter kept nothing); nothing to train on")
-    needed = ("prompt", "completion") + (("prefix", "suffix") if suffix_only else ())
-    missing = [c for c in needed if c not in rows[0]]
-    if missing:
-        raise UserError(f"input: {path} has no {missing[0]!r} column; is it an SFT set from `mrt-star filter`?")
     return rows
 
 
@@ -190,25 +184,16 @@ def build_examples(rows: list[dict[str, Any]], tokenizer: Any, cfg: FinetuneConf
 # --- output folder ------------------------------------------------------------------------------------
 
 
-def _comparable(record: dict[str, Any]) -> dict[str, Any]:
-    config = {k: v for k, v in record.get("config", {}).items() if k not in NEUTRAL_KEYS}
-    return {"config": config, "input_fingerprint": record.get("input_fingerprint")}
-
-
 def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> str:
     """Return 'done' (an identical finished model is there), 'resume' or 'fresh'; refuse foreign folders."""
+    from mrt_star.store import resume_or_refuse
+
     ours = (out / SUMMARY).exists() or (out / STARTED).exists()
     if out.exists() and any(out.iterdir()) and not ours:
         raise UserError(f"output: {out} exists and is not an mrt-star model folder; choose another --output")
-    if not ours:
+    old = json.loads((out / STARTED).read_text()) if (out / STARTED).exists() else None
+    if resume_or_refuse(out, "a fine-tuned model", old, record, overwrite, NEUTRAL_KEYS) == "fresh":
         return "fresh"
-    old = json.loads((out / STARTED).read_text()) if (out / STARTED).exists() else {}
-    same = _comparable(old) == _comparable(record)
-    if overwrite:
-        return "fresh"
-    if not same:
-        raise UserError(f"output: {out} holds a model fine-tuned with a different config or input; pass "
-                        f"--overwrite to replace it, or choose another --output")
     return "done" if (out / SUMMARY).exists() else "resume"
 
 
@@ -300,7 +285,7 @@ def _save_model(trainer: Any, cfg: FinetuneConfig, out: Path, model_path: str, t
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+            dtype = "auto" if cfg.master_dtype == "auto" else getattr(torch, cfg.master_dtype)
             base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
             merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             merged.save_pretrained(str(out))
@@ -333,13 +318,12 @@ def plot_loss(losses: list[tuple[int, float]], path: Path, title: str, probe: tu
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Return the output folder holding the fine-tuned model, tokenizer, training_summary.json and loss.png."""
-    from mrt_star.console import console, summary_table
+    from mrt_star.console import console, quiet_library_progress, summary_table
     from mrt_star.models import resolve_model
     from mrt_star.store import fingerprint
 
     started = time.time()
-    if not cfg.input:
-        raise UserError("input: required; pass --input with the output folder of `mrt-star filter`")
+    check_config(cfg)
     if not cfg.output:
         raise UserError("output: required; pass --output with the folder the fine-tuned model goes to")
     rows = load_sft_rows(cfg.input, cfg.limit, cfg.suffix_only)
@@ -352,7 +336,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 
     from transformers import AutoTokenizer
 
-    model_path = resolve_model(cfg.model)
+    quiet_library_progress()
+    model_path = resolve_model(cfg.model_name())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples, counts = build_examples(rows, tokenizer, cfg)
     if counts["examples_without_labels"]:
@@ -370,7 +355,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    model_init_kwargs = {"dtype": "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)}
+    model_init_kwargs = {"dtype": "auto" if cfg.master_dtype == "auto" else getattr(torch, cfg.master_dtype)}
     if cfg.attn_implementation:
         model_init_kwargs["attn_implementation"] = cfg.attn_implementation
     args = _sft_config(cfg, out, model_init_kwargs)
