@@ -21,7 +21,6 @@ from fractions import Fraction
 from typing import Any
 
 from mrt_star.grading import hendrycks
-from mrt_star.grading._errors import WorkerStartError
 from mrt_star.grading.extract import MAX_SCAN_CHARS, extract_answer_detail
 from mrt_star.grading.kinds import PERCENT_POLICIES, Plan, plan
 
@@ -40,6 +39,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 # An exact rational written plainly: 7, -3, \frac{2}{3}, -\frac{2}{3}, \frac{-2}{3}, 2/3 (no decimals: math-verify
 # compares those with rounding, so they go to the workers).
 _RATIONAL = re.compile(r"([+-]?)(?:\\frac\{([+-]?[0-9]{1,50})\}\{([0-9]{1,50})\}|([0-9]{1,50})/([0-9]{1,50})|([0-9]{1,50}))")
+
+_SCIENTIFIC = re.compile(r"([+-]?[0-9]{1,50}(?:\.[0-9]{1,50})?)(?:\\times10\^\{([+-]?[0-9]{1,4})\})?")
 
 
 @dataclass(frozen=True)
@@ -264,9 +265,21 @@ def _symbolic_fast_path(answer: str, reference: str) -> tuple[bool, str] | None:
     a_value, r_value = _rational(a), _rational(r)
     if a_value is not None and r_value is not None:
         return (True, "ok") if a_value == r_value else (False, "wrong")
+    if "\\times10^" in a + r:  # scientific notation (rewrite.scientific): exact, math-verify's floats overflow
+        a_value, r_value = _scientific(a), _scientific(r)
+        if a_value is not None and r_value is not None:
+            return (True, "ok") if a_value == r_value else (False, "wrong")
     if not _balanced(answer):
         return False, "unparseable"
     return None
+
+
+def _scientific(latex: str) -> Fraction | None:
+    """Return the exact value of `6.02\\times10^{23}`, `0.0015` or `42` (plain decimals), None for anything else."""
+    m = _SCIENTIFIC.fullmatch(latex)
+    if m is None or abs(int(m.group(2) or 0)) > 400:
+        return None
+    return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2) or 0)
 
 
 def _balanced(latex: str) -> bool:

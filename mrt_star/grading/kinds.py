@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mrt_star.grading.rewrite import canonical
+from mrt_star.grading.rewrite import canonical, unit_name
 
 PERCENT_POLICIES: tuple[str, ...] = ("strict", "lenient")
 
@@ -40,7 +40,7 @@ def unwrap(text: str) -> str:
         if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
             text = text[len(left):len(text) - len(right)].strip()
     text = text.replace("\\displaystyle", "").strip()
-    return text[:-1].rstrip() if text.endswith(".") and not re.search(r"[0-9]\.$", text[-3:]) else text
+    return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
 
 
 def plain(text: str) -> str:
@@ -55,11 +55,11 @@ def plain(text: str) -> str:
 
 # --- yes / no -------------------------------------------------------------------------------------------
 
-_YES_NO = re.compile(r"^[\s*({]*(yes|no)\b", re.I)
+_YES_NO = re.compile(r"^[\s*({]*(yes|no)\s*(?:[,.!;:)}]|$)", re.I)
 
 
 def yes_no(text: str) -> str | None:
-    """Return "yes"/"no" when `text` starts with that word ("No, it cannot" → "no"), else None."""
+    """Return "yes"/"no" when `text` is that word or starts "No, …" ("No, it cannot" → "no"; "no solution" → None)."""
     m = _YES_NO.match(plain(text))
     return m.group(1).lower() if m else None
 
@@ -76,7 +76,7 @@ def choice(text: str) -> tuple[frozenset[str], str]:
     t = _CHOICE_LEAD.sub("", plain(text).replace("{", "").replace("}", "")).strip().rstrip(".")
     if re.fullmatch(r"[A-J]{2,6}", t) and len(set(t)) == len(t):
         return frozenset(t), ""  # "ACD": several letters written together
-    if _LETTERS.match(t) and len(t) > 1 and not _ONE_LETTER.match(t):
+    if _LETTERS.match(t) and len(t) > 3:
         return frozenset(re.findall(r"[A-J]", t)), ""
     m = _ONE_LETTER.match(t)
     if m is None:
@@ -151,6 +151,9 @@ def _same_words(answer: list[str], reference: list[str]) -> bool:
 _SEPARATOR = re.compile(r"\\q?quad|\\text\{\s*(?:and|or)\s*\}|\s(?:and|or)\s|;")
 _ASSIGN = re.compile(r"^\s*([A-Za-z](?:_\{?[0-9A-Za-z]{1,3}\}?)?|\\[a-z]{2,8})\s*=\s*([^=]{1,500}?)\s*$")
 _ENGLISH = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])")
+_COMMANDS = re.compile(r"\\(?:begin|end)\{[^{}]{0,20}\}|\\[A-Za-z]+")
+_SHORT_WORDS = {"is", "it", "or", "and", "be", "at", "to", "of", "in", "on", "if", "no", "we", "so", "as", "an", "are",
+                "the", "for", "can", "has", "not"}
 _MATH_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "infty", "lim", "max",
                "min", "gcd", "lcm", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "det", "mod", "pmod"}
 
@@ -191,8 +194,11 @@ def assignments(text: str) -> list[tuple[str, str]] | None:
 def sentence_values(text: str) -> list[str] | None:
     """Return the math pieces of a sentence ("the limit exists and equals 3" → ["3"]), None if it is not prose."""
     t = plain(text)
-    english = [w for w in _ENGLISH.findall(t) if w.lower() not in _MATH_WORDS]
-    if not any(w.lower() not in ("and", "or") for w in english):
+    # English: a short common word, or three letters or more with a vowel (not "xy", "abc" is still a product
+    # when it stands alone: a sentence needs two words besides "and"/"or").
+    english = [w for w in _ENGLISH.findall(_COMMANDS.sub(" ", t)) if w.lower() not in _MATH_WORDS and (
+        w.lower() in _SHORT_WORDS or (len(w) >= 3 and re.search(r"[aeiouAEIOU]", w)))]
+    if len([w for w in english if w.lower() not in ("and", "or")]) < 2:
         return None
     dollars = re.findall(r"\$([^$]{1,500})\$", t)
     if dollars:
@@ -264,6 +270,9 @@ def percent(answer: str, reference: str, policy: str) -> Plan | None:
 
 def plan(answer: str, reference: str, percent_policy: str = "strict") -> Plan:
     """Return how to grade `answer` (extracted) against `reference`: the first kind that recognises the reference."""
+    a_unit, r_unit = unit_name(unwrap(answer)), unit_name(unwrap(reference))
+    if a_unit and r_unit and a_unit != r_unit:
+        return Plan(False, rule="units")  # "7 weeks" is not "7 days", though both drop to 7
     a, a_rules = canonical(unwrap(answer))
     r, r_rules = canonical(unwrap(reference))
     rewrites = "+".join(dict.fromkeys(a_rules + r_rules)) or "math"

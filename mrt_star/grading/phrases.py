@@ -93,6 +93,8 @@ def final_sentence(text: str) -> tuple[str, str] | None:
     if not sentences:
         return None
     sentence = sentences[-1].rstrip(".!").strip()
+    if "\\boxed" in sentence or "\\fbox" in sentence:  # a box the brace scan rejected: a truncated answer
+        return None
     yn = _YES_NO.match(sentence)
     if yn:
         return yn.group(1).capitalize(), "final-sentence"

@@ -164,6 +164,33 @@ def unit_words(text: str) -> str:
     return text[:m.start()].rstrip()
 
 
+_UNIT_ALIASES = {
+    "cm": "cm", "centimeter": "cm", "centimetre": "cm", "km": "km", "kilometer": "km", "kilometre": "km",
+    "meter": "m", "metre": "m", "mm": "mm", "millimeter": "mm", "inch": "in", "inche": "in", "ft": "ft", "foot": "ft",
+    "feet": "ft", "yard": "yd", "yd": "yd", "mile": "mi", "mi": "mi", "mph": "mph", "day": "day", "week": "week",
+    "month": "month", "year": "year", "hour": "hour", "hr": "hour", "minute": "minute", "min": "minute",
+    "second": "second", "sec": "second", "dollar": "dollar", "cent": "cent", "kg": "kg", "kilogram": "kg",
+    "gram": "g", "pound": "lb", "lb": "lb", "liter": "l", "litre": "l", "ml": "ml", "milliliter": "ml",
+}
+
+
+def unit_name(text: str) -> str | None:
+    """Return the canonical name of a known trailing unit ("7 weeks" → "week", "15 centimeters" → "cm"), else None.
+
+    Why: unit words are dropped before comparing, so "7 weeks" against "7 days" must be caught here first.
+    """
+    text = _TEXT_NUMBER.sub(lambda m: m.group(1) + "\\text{ " + m.group(2) + "}", text)
+    m = _UNIT_TAIL.search(text)
+    if m is None:
+        return None
+    words = (m.group(1) or m.group(2) or "").lower().replace(".", " ").split()
+    for word in reversed(words):
+        for stem in (word, word.removesuffix("s"), word.removesuffix("es")):
+            if stem in _UNIT_ALIASES:
+                return _UNIT_ALIASES[stem]
+    return None
+
+
 # --- the pipeline ---------------------------------------------------------------------------------------
 
 # (rule name, kind it serves, rewrite). Order matters: unicode first (°, ×, √ become LaTeX), repeating decimals
