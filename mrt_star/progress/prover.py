@@ -8,7 +8,9 @@ force text` and answers. Two estimators of J(j):
   teacher-forced probability of the reference written where the answer goes — one forward pass per
   prefix and no sampling noise, but a proxy (an equivalent form of the answer counts as wrong).
 
-The last prefix is the whole trace. Step-wise formats force it like any prefix; an `open` trace is
+For an `open` trace the forced text follows the reference exactly (`formats.prompts.forced_prefix`): the
+prefix through episode i, one blank line, then the stop text; the empty prefix is the trace's opening
+`<think>\n` followed directly by the stop text. The last prefix is the whole trace. Step-wise formats force it like any prefix; an `open` trace is
 closed with just "\\n</think>" (reference semantics), or, if its thinking already closed, the prover
 continues right after the trace's own `</think>`.
 
