@@ -1,8 +1,9 @@
 """Grading throughput and accuracy: `Grader.grade_many` against math-verify called directly.
 
-Takes the labelled cases in tests/data/grading_cases.jsonl, repeats them to --pairs (completion, reference)
-pairs, and grades the distinct pairs and then the repeated ones three ways: math-verify's `parse` +
-`verify` per pair in this process on the main thread (its SIGALRM timeouts), a new `Grader` (worker
+For each labelled set (tests/data/grading_cases.jsonl: short boxed answers; grading_real_outputs.jsonl: what
+Llama-3, Qwen2.5 and R1 really write, unboxed answers and free-form references included) it repeats the
+cases to --pairs (completion, reference) pairs, and grades the distinct pairs and then the repeated ones
+three ways: math-verify's `parse` + `verify` per pair in this process on the main thread (its SIGALRM timeouts), a new `Grader` (worker
 start-up and its result cache included), and a warm `Grader` with the result cache off. Prints pairs/s,
 the ratio to direct math-verify on the same pairs, and accuracy against the labels.
 
@@ -18,11 +19,14 @@ import logging
 import time
 from pathlib import Path
 
-CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_cases.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+SETS = {"cases": DATA / "grading_cases.jsonl", "real": DATA / "grading_real_outputs.jsonl"}
 
 
-def _cases() -> list[dict]:
-    return [json.loads(line) for line in CASES.open()]
+def _cases(path: Path) -> list[dict]:
+    """Return the labelled rows of one set, the label under "correct" (the real set calls it "label")."""
+    rows = [json.loads(line) for line in path.open()]
+    return [{**r, "correct": r.get("correct", r.get("label"))} for r in rows]
 
 
 def _workload(cases: list[dict], n: int) -> tuple[list[tuple[str, str]], list[bool]]:
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sets", default="cases,real", help="labelled sets to run, of: " + ", ".join(SETS))
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -69,32 +74,34 @@ def main(argv: list[str] | None = None) -> dict:
 
     console = Console(width=120)  # wide enough for the table even when the output is not a terminal
 
-    cases = _cases()
-    distinct, distinct_labels = _workload(cases, len(cases))
-    pairs, labels = _workload(cases, args.pairs)
-    console.print(f"grading {len(distinct)} distinct labelled pairs, then {len(pairs)} pairs repeating them")
-    table, counters = [], {}
-    # Distinct first: math-verify keeps its own caches, so the repeated workload would warm them.
-    for workload, todo, truth in (("distinct", distinct, distinct_labels), ("repeated", pairs, labels)):
-        direct, t_direct = _direct(todo)
-        rows = [("math-verify direct", direct, t_direct, "-")]
-        for name, cache, warm in (("Grader, cold", True, False), ("Grader, warm, no cache", False, True)):
-            verdicts, seconds, info = _grader(todo, args.workers, cache, warm)
-            rows.append((name, verdicts, seconds, info["timeouts"]))
-            counters[f"{workload}: {name}"] = info
-        table += [[workload, name, f"{len(todo) / t:.0f}", f"{t_direct / t:.2f}x", f"{t:.2f}",
-                   f"{_accuracy(v, truth):.1%}", to] for name, v, t, to in rows]
+    table, counters, sizes = [], {}, {}
+    for set_name in args.sets.split(","):
+        cases = _cases(SETS[set_name])
+        distinct, distinct_labels = _workload(cases, len(cases))
+        pairs, labels = _workload(cases, args.pairs)
+        sizes[set_name] = {"distinct": len(distinct), "pairs": len(pairs)}
+        console.print(f"{set_name}: grading {len(distinct)} distinct labelled pairs, then {len(pairs)} pairs repeating them")
+        # Distinct first: math-verify keeps its own caches, so the repeated workload would warm them.
+        for workload, todo, truth in (("distinct", distinct, distinct_labels), ("repeated", pairs, labels)):
+            direct, t_direct = _direct(todo)
+            rows = [("math-verify direct", direct, t_direct, "-")]
+            for name, cache, warm in (("Grader, cold", True, False), ("Grader, warm, no cache", False, True)):
+                verdicts, seconds, info = _grader(todo, args.workers, cache, warm)
+                rows.append((name, verdicts, seconds, info["timeouts"]))
+                counters[f"{set_name} {workload}: {name}"] = info
+            table += [[set_name, workload, name, f"{len(todo) / t:.0f}", f"{t_direct / t:.2f}x", f"{t:.2f}",
+                       f"{_accuracy(v, truth):.1%}", to] for name, v, t, to in rows]
     out = Table(title=f"grading throughput, {args.workers} workers", title_justify="left")
-    for i, column in enumerate(["pairs", "grader", "pairs/s", "vs direct", "seconds", "accuracy", "timeouts"]):
-        out.add_column(column, justify="left" if i < 2 else "right")
+    for i, column in enumerate(["set", "pairs", "grader", "pairs/s", "vs direct", "seconds", "accuracy", "timeouts"]):
+        out.add_column(column, justify="left" if i < 3 else "right")
     for row in table:
         out.add_row(*map(str, row))
     console.print(out)
     console.print("math-verify direct: parse + verify per pair, this process, main thread (SIGALRM timeouts).\n"
                   "Grader, cold: a new Grader; worker start-up and its result cache included.\n"
                   "Grader, warm, no cache: workers started outside the clock, result cache off.")
-    result = {"pairs": len(pairs), "distinct": len(distinct), "workers": args.workers, "counters": counters,
-              "rows": [dict(zip(["workload", "grader", "pairs_per_s", "ratio", "seconds", "accuracy", "timeouts"],
+    result = {"sets": sizes, "workers": args.workers, "counters": counters,
+              "rows": [dict(zip(["set", "workload", "grader", "pairs_per_s", "ratio", "seconds", "accuracy", "timeouts"],
                                 r, strict=True)) for r in table]}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
