@@ -95,6 +95,23 @@ TABLE = [
     # ordinary math keeps working
     (BOX % "x^2 + 2x + 1", "(x+1)^2", True), (BOX % "y = 2x + 3", "y=3x+2", False), (BOX % "3 - 4i", "3+4i", False),
     (BOX % "(1, \\infty)", "x > 1", True), (BOX % "\\dfrac{\\pi}{2}", "90^\\circ", False),
+    # second round of probes, phrased unlike the labelled set
+    (BOX % "0.3...", "\\frac13", True), (BOX % "0.\\overline3", "\\frac13", True), (BOX % "0.3\\overline{3}", "\\frac13", True),
+    ("### Final Answer\nThe number of ways is 120.", "120", True), ("### Final Answer\nThe number of ways is 121.", "120", False),
+    ("So the answer is therefore 12.", "12", True), ("The correct option is (B).", "B", True),
+    ("The correct option is (B).", "C", False), ("**Answer: C**", "C", True), ("The answer is (C) 17.", "D", False),
+    (BOX % "(1011)_2", "1011_2", True), (BOX % "1011_{two}", "1011_2", True), (BOX % "4:30\\ \\text{p.m.}", "4:30 PM", True),
+    (BOX % "30\\text{°}", "30", True), (BOX % "5\\,\\text{cm}", "5", True), (BOX % "5\\,\\text{cm}", "5 \\text{ m}", False),
+    ("Therefore, she has 12 apples left.", "12", True), ("Therefore, she has 13 apples left.", "12", False),
+    (BOX % "(a,b,c) = (3,-7,4)", "a=3, b=-7, c=4", True), (BOX % "(a,b,c) = (3,7,4)", "a=3, b=-7, c=4", False),
+    ("The roots are $1$ and $2$.", "1, 2", True), (BOX % "1", "The roots are 1 and 2", False),
+    (BOX % "33\\frac13\\%", "33\\frac{1}{3}\\%", True), (BOX % "(A)(C)", "A, C", True), (BOX % "A,C", "A, C, D", False),
+    (BOX % "6.02\\times 10^{23} \\text{ molecules}", "6.02e23", True), (BOX % "x=3 \\text{ or } x=-3", "3", False),
+    ("The answer is 1 or 2.", "1", False), ("The answer is $\\frac{3}{4}$ or $0.75$.", "0.75", True),
+    ("<think>\nlong\n</think>\n\n**Final Answer:** The minimum value is $-\\frac{1}{4}$.", "-\\frac14", True),
+    (BOX % "-\\infty", "∞", False), (BOX % "3", "The limit does not exist", False),
+    (BOX % "\\text{does not exist}", "The limit does not exist", True),
+    (BOX % "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", True),
 ]
 
 

@@ -67,7 +67,7 @@ def yes_no(text: str) -> str | None:
 # --- multiple choice ------------------------------------------------------------------------------------
 
 _CHOICE_LEAD = re.compile(r"^(?:(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is)?\s*:?\s*)", re.I)
-_LETTERS = re.compile(r"^\(?([A-J])\)?(?:\s*(?:,|and|&|\s)\s*\(?([A-J])\)?){0,9}$")
+_LETTERS = re.compile(r"^\(?([A-J])\)?(?:\s*(?:,|and|&)?\s*\(?([A-J])\)?){0,9}$")
 _ONE_LETTER = re.compile(r"^\(([A-J])\)\s*(.*)$|^([A-J])(?:\s*[.:)]\s*(.+)|\s*$)", re.S)
 
 
@@ -114,7 +114,7 @@ _TIME = re.compile(r"^([0-9]{1,2}):([0-5][0-9])\s*(?:([ap])\.?\s*m\.?)?$", re.I)
 
 def clock(text: str) -> tuple[int, int, str] | None:
     """Return (hour, minute, "a"/"p"/"") of "4:30 PM", "4:30 p.m.", "16:30", else None."""
-    m = _TIME.match(plain(text).strip().rstrip("."))
+    m = _TIME.match(re.sub(r"(?<!\\)\\[,;:! ]|~", " ", plain(text)).strip().rstrip("."))
     return (int(m.group(1)), int(m.group(2)), (m.group(3) or "").lower()) if m else None
 
 
@@ -150,6 +150,7 @@ def _same_words(answer: list[str], reference: list[str]) -> bool:
 
 _SEPARATOR = re.compile(r"\\q?quad|\\text\{\s*(?:and|or)\s*\}|\s(?:and|or)\s|;")
 _ASSIGN = re.compile(r"^\s*([A-Za-z](?:_\{?[0-9A-Za-z]{1,3}\}?)?|\\[a-z]{2,8})\s*=\s*([^=]{1,500}?)\s*$")
+_PACKED = re.compile(r"^\s*\(([^()=]{1,200})\)\s*=\s*\(([^=]{1,500})\)\s*$")
 _ENGLISH = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])")
 _COMMANDS = re.compile(r"\\(?:begin|end)\{[^{}]{0,20}\}|\\[A-Za-z]+")
 _SHORT_WORDS = {"is", "it", "or", "and", "be", "at", "to", "of", "in", "on", "if", "no", "we", "so", "as", "an", "are",
@@ -176,6 +177,11 @@ def top_level_split(text: str) -> list[str]:
 
 def assignments(text: str) -> list[tuple[str, str]] | None:
     """Return [(variable, value)] of "a=3, b=-7, c=4" / "x = 1 or x = 2" / "x = 1, 2" (two or more), else None."""
+    packed = _PACKED.match(text)
+    if packed:  # "(a, b, c) = (3, -7, 4)"
+        names, values = top_level_split(packed.group(1)), top_level_split(packed.group(2))
+        if len(names) == len(values) >= 2 and all(_ASSIGN.match(f"{n} = 0") for n in names):
+            return list(zip(names, values, strict=True))
     parts = top_level_split(text)
     if len(parts) < 2:
         return None

@@ -24,6 +24,9 @@ _MATH = re.compile(r"\$\$(.{1,2000}?)\$\$|\$(.{1,2000}?)\$|\\\((.{1,2000}?)\\\)|
 _SENTENCE_END = re.compile(r"\.\s|\.$")
 _YES_NO = re.compile(r"^\W{0,4}(yes|no)\s*(?:[,.!;:]|$)", re.I)
 _VERB = re.compile(r"\b(?:is|are|equals|was|be|=|gives|get)\s+", re.I)
+_LIST_GLUE = re.compile(r"\s*(?:,|,?\s*and)\s*")
+_LEAD_WORDS = {"therefore", "thus", "so", "then", "just", "exactly", "equal", "to", "simply", "hence", "now", "only"}
+_CHOICE = re.compile(r"\(([A-J])\)|\b(?:option|choice)\s+\(?([A-J])\)?(?![A-Za-z])")
 _NUMBER = re.compile(r"[-−]?[0-9][0-9,]*(?:\.[0-9]+)?(?:\s*/\s*[0-9]+)?")
 
 
@@ -71,12 +74,36 @@ def clean(rest: str) -> str:
         inner = next(g for g in m.groups() if g is not None).strip()
         if inner.startswith("\\boxed"):  # a box the brace scan rejected (unclosed): not an answer
             return ""
-        return inner.strip(" ,;")
+        # "$1$ and $2$" is a list of answers; "$\\frac34$ or $0.75$" is one answer written twice.
+        listed = [inner]
+        for nxt in _MATH.finditer(rest, m.end()):
+            if not _LIST_GLUE.fullmatch(rest[m.end():nxt.start()]):
+                break
+            listed.append(next(g for g in nxt.groups() if g is not None).strip())
+            m = nxt
+        return ", ".join(x.strip(" ,;") for x in listed)
     for left in ("$$", "\\[", "$", "\\("):
         if rest.startswith(left):  # an opened math block that closes on a later line
             return rest[len(left):].strip()
     cut = _SENTENCE_END.search(rest)
-    return (rest[:cut.start()] if cut else rest).strip().strip("*").strip().rstrip(",;")
+    return _value_in_prose((rest[:cut.start()] if cut else rest).strip().strip("*").strip().rstrip(",;"))
+
+
+def _value_in_prose(text: str) -> str:
+    """Return the number a prose answer states ("The number of ways is 120" → 120), else `text` unchanged.
+
+    Only when a verb precedes exactly one number: "therefore 12" → 12, but "1 or 2" and text answers stay.
+    """
+    if not re.search(r"[A-Za-z]{3,}", text):
+        return text
+    verbs = list(_VERB.finditer(text))
+    tail = text[verbs[-1].end():] if verbs else text
+    numbers = _NUMBER.findall(tail)
+    if len(numbers) == 1 and not re.search(r"\\|\b(?:or|and)\b", tail):
+        lead = tail[:tail.find(numbers[0])]
+        if all(w.lower() in _LEAD_WORDS for w in re.findall(r"[A-Za-z]+", lead)):
+            return tail[tail.find(numbers[0]):].strip()
+    return text
 
 
 def final_sentence(text: str) -> tuple[str, str] | None:
@@ -101,8 +128,16 @@ def final_sentence(text: str) -> tuple[str, str] | None:
     maths = [next(g for g in m.groups() if g is not None).strip() for m in _MATH.finditer(sentence)]
     if maths:
         return maths[-1], "final-sentence"
+    choices = list(_CHOICE.finditer(sentence))
+    if choices:  # "The correct option is (B)."
+        return choices[-1].group(1) or choices[-1].group(2), "final-sentence"
     verbs = list(_VERB.finditer(sentence))
-    if not verbs:  # a bare number with no statement around it is not an answer ("\\boxedx{3}")
-        return None
-    numbers = _NUMBER.findall(sentence[verbs[-1].end():])
-    return (numbers[0].replace("−", "-"), "final-sentence") if numbers else None
+    numbers = _NUMBER.findall(sentence[verbs[-1].end():]) if verbs else []
+    if numbers:
+        return numbers[0].replace("−", "-"), "final-sentence"
+    # No verb we know ("she has 12 apples left"): one number in a sentence of words is its value; a bare number
+    # with no statement around it ("\\boxedx{3}") is not an answer.
+    numbers = _NUMBER.findall(sentence)
+    if len(numbers) == 1 and len(re.findall(r"[A-Za-z]{2,}", sentence)) >= 3:
+        return numbers[0].replace("−", "-"), "final-sentence"
+    return None

@@ -59,6 +59,9 @@ def _ellipsis(m: re.Match[str]) -> str:
                 start -= 1
             value = _repeating_value(whole, digits[:start], digits[start:start + p])
             return _fraction_latex(-value if sign else value)
+    if len(digits) == 1:  # "0.3...": one digit and an ellipsis is that digit repeating
+        value = _repeating_value(whole, "", digits)
+        return _fraction_latex(-value if sign else value)
     return f"{sign}{whole or '0'}.{digits}"
 
 
@@ -89,14 +92,16 @@ def scientific(text: str) -> str:
 
 # --- mixed numbers --------------------------------------------------------------------------------------
 
-_MIXED = re.compile(r"(?<![0-9.}^_{])(-?)([0-9]{1,12})\s*(?:\\[dt]?frac\{([0-9]{1,12})\}\{([0-9]{1,12})\}|\s([0-9]{1,12})/([0-9]{1,12}))"
+_MIXED = re.compile(r"(?<![0-9.}^_{])(-?)([0-9]{1,12})\s*(?:\\[dt]?frac(?:\{([0-9]{1,12})\}\{([0-9]{1,12})\}|([0-9])([0-9]))"
+                    r"|\s([0-9]{1,12})/([0-9]{1,12}))"
                     r"(?![0-9/])")
 
 
 def mixed_number(text: str) -> str:
     """12\\frac{1}{2} or "12 1/2" (a proper fraction after a whole number) → 25/2: a mixed number, not a product."""
     def repl(m: re.Match[str]) -> str:
-        sign, whole, num, den = m.group(1), m.group(2), m.group(3) or m.group(5), m.group(4) or m.group(6)
+        sign, whole = m.group(1), m.group(2)
+        num, den = m.group(3) or m.group(5) or m.group(7), m.group(4) or m.group(6) or m.group(8)
         if not 0 < int(num) < int(den):
             return m.group()
         value = int(whole) + Fraction(int(num), int(den))
@@ -141,10 +146,14 @@ _NOT_UNITS = {"or", "and", "if", "for", "when", "but", "not", "no", "is", "are",
 _TEXT_NUMBER = re.compile(r"\\(?:text|mbox|mathrm|textrm)\s*\{\s*(" + _NUMBER + r")\s+([A-Za-z][A-Za-z .\-]{0,40})\}")
 
 
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|~")  # a spacing command, not half of a \\ row break
+
+
 def degrees(text: str) -> str:
     """30°, 30^{\\circ}, 30\\degree, 30 degrees, 30^\\circ C → 30^\\circ (math-verify knows only the ^\\circ form)."""
     if "circ" not in text and "deg" not in text:
         return text
+    text = re.sub(r"\\(?:text|mbox|mathrm)\{\s*\^\\circ\s*\}", "^\\\\circ", text)  # \text{°} after unicode_math
     return _DEGREE.sub("^\\\\circ", text)
 
 
@@ -154,7 +163,7 @@ def unit_words(text: str) -> str:
     Only a tail of at most three words after a number goes, and never a connective ("or", "and"): the value
     must stay whole, so "1 or 2" is never cut to "1".
     """
-    text = _TEXT_NUMBER.sub(lambda m: m.group(1) + "\\text{ " + m.group(2) + "}", text)
+    text = _TEXT_NUMBER.sub(lambda m: m.group(1) + "\\text{ " + m.group(2) + "}", _SPACING.sub(" ", text))
     m = _UNIT_TAIL.search(text)
     if m is None:
         return text
@@ -166,7 +175,7 @@ def unit_words(text: str) -> str:
 
 _UNIT_ALIASES = {
     "cm": "cm", "centimeter": "cm", "centimetre": "cm", "km": "km", "kilometer": "km", "kilometre": "km",
-    "meter": "m", "metre": "m", "mm": "mm", "millimeter": "mm", "inch": "in", "inche": "in", "ft": "ft", "foot": "ft",
+    "m": "m", "meter": "m", "metre": "m", "mm": "mm", "millimeter": "mm", "inch": "in", "inche": "in", "ft": "ft", "foot": "ft",
     "feet": "ft", "yard": "yd", "yd": "yd", "mile": "mi", "mi": "mi", "mph": "mph", "day": "day", "week": "week",
     "month": "month", "year": "year", "hour": "hour", "hr": "hour", "minute": "minute", "min": "minute",
     "second": "second", "sec": "second", "dollar": "dollar", "cent": "cent", "kg": "kg", "kilogram": "kg",
@@ -179,7 +188,7 @@ def unit_name(text: str) -> str | None:
 
     Why: unit words are dropped before comparing, so "7 weeks" against "7 days" must be caught here first.
     """
-    text = _TEXT_NUMBER.sub(lambda m: m.group(1) + "\\text{ " + m.group(2) + "}", text)
+    text = _TEXT_NUMBER.sub(lambda m: m.group(1) + "\\text{ " + m.group(2) + "}", _SPACING.sub(" ", text))
     m = _UNIT_TAIL.search(text)
     if m is None:
         return None
