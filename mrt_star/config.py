@@ -56,6 +56,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if nullable:
             return None
         raise ConfigError(f"{name}: a value is required (got none)")
+    if typing.get_origin(kind) is dict or kind is dict:
+        return parse_mapping(name, value)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -75,8 +77,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             item = (typing.get_args(kind) or (str,))[0]
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return [_coerce(name, v.strip() if isinstance(v, str) else v, item) for v in items]
-        if typing.get_origin(kind) is dict or kind is dict:
-            return parse_mapping(name, value)
+
         if kind is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -220,7 +221,7 @@ def make_parser(cls: type, prog: str, description: str = "", positional: tuple[s
         help_text = f.metadata.get("help", "")
         if default is REQUIRED:
             help_text += " (required)"
-        kw = {"default": argparse.SUPPRESS, "help": help_text}
+        kw = {"default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}  # argparse formats help with %
         if f.metadata.get("choices"):
             kw["help"] += f" [choices: {', '.join(map(str, f.metadata['choices']))}]"
         if default is not REQUIRED and default not in (None, [], {}):

@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out problems per evaluation (default: recipes/toy/eval.yaml's; experiment 200)")
     parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
     args = parser.parse_args(argv)
-    from mrt_star.console import quiet_library_progress
-    from mrt_star.console import comparison_table, console
+    from mrt_star.console import comparison_table, console, quiet_library_progress
 
     quiet_library_progress()
     from mrt_star.errors import UserError

@@ -115,7 +115,6 @@ def row_target(row: dict[str, Any], suffix_only: bool) -> tuple[str, str]:
 
 # --- tokenization -------------------------------------------------------------------------------------
 
-_SENTINEL = "\u2063MRTSTAR_END\u2063"
 
 
 def render_example(tokenizer: Any, prompt: list[dict[str, str]], prefix: str, target: str) -> tuple[str, str]:
@@ -124,22 +123,12 @@ def render_example(tokenizer: Any, prompt: list[dict[str, str]], prefix: str, ta
     The context is the prompt with the generation prompt (TRL's prompt-completion rule) or, with a
     prefix, the prompt plus the prefilled assistant text exactly as the engines render it.
     """
-    from mrt_star.formats.chat import has_chat_template, render_chat
+    from mrt_star.formats.chat import has_chat_template, render_sft_text
 
     if not has_chat_template(tokenizer):
         raise UserError("the model's tokenizer has no chat template; fine-tuning on chat data needs one")
-    if prefix:
-        context = render_chat(tokenizer, [*prompt, {"role": "assistant", "content": prefix}])
-    else:
-        context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        # Templates that open <think> themselves would otherwise see it twice.
-        if target.startswith("<think>") and context.rstrip().endswith("<think>"):
-            target = target[len("<think>") :].lstrip("\n")
-    # What the template writes after an assistant message's content (its end-of-turn tokens).
-    probe = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
-    cut = probe.rfind(_SENTINEL)
-    end = probe[cut + len(_SENTINEL) :] if cut >= 0 else (tokenizer.eos_token or "")
-    return context, context + target + end
+    # Rendered around the target, never through the template: R1's template strips <think> content.
+    return render_sft_text(tokenizer, prompt, target, prefix)
 
 
 def encode_example(tokenizer: Any, prompt: list[dict[str, str]], prefix: str, target: str,

@@ -15,7 +15,7 @@ from typing import Any
 from mrt_star.config import option
 from mrt_star.engines import ENGINES
 from mrt_star.formats.prompts import FORMATS
-from mrt_star.grading import GRADING_MODES
+from mrt_star.grading import GRADING_MODES, PERCENT_POLICIES
 
 ESTIMATORS = ("sample", "likelihood")
 BACKTRACK_UNITS = ("attempt", "step")
@@ -79,6 +79,7 @@ class FormatOptions:
 
     format: str = option("backtrack", "trace format: backtrack (attempt, backtrack line, revision), linearized "
                          "(a chain of complete attempts) or open (free thinking)", choices=FORMATS)
+    max_attempts: int = option(3, "linearized: at most this many attempts per chain", at_least=1)
 
 
 @dataclass
@@ -137,10 +138,12 @@ class GradingOptions:
 
     grading: str = option("symbolic", "answer grading: symbolic (math-verify with our normalisation rules) or "
                           "hendrycks (string normalisation, parity with the reference numbers)", choices=GRADING_MODES)
+    percent_policy: str = option("strict", "a percent on one side only: strict (25\\% matches 25 only) or lenient "
+                                 "(also the ratio 0.25 or \\frac14)", choices=PERCENT_POLICIES)
 
     def grader_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments of `mrt_star.grading.Grader` these options set."""
-        return {"mode": self.grading}
+        return {"mode": self.grading, "percent": self.percent_policy}
 
 
 @dataclass

@@ -79,7 +79,9 @@ SFT = {
     "problem_id": Column("string", "problem id"),
     "prompt": Column("messages", "conversational prompt (list of {role, content}); loss is not taken on it"),
     "completion": Column("messages", "conversational completion (one assistant message); the training target"),
-    "messages": Column("messages", "prompt + completion as one conversation"),
+    "messages": Column("messages", "prompt + completion as one conversation; a chat template that strips "
+                                   "<think> from assistant turns (DeepSeek-R1's) drops the thinking from it, so train "
+                                   "open traces from prompt/completion (`mrt-star finetune` does)"),
     "prefix": Column("string", "for suffix-only training: assistant text given as context (may be empty)"),
     "suffix": Column("string", "for suffix-only training: assistant text trained on"),
     "rule": Column("string", "filter rule that kept this row: mrt | star | shortest"),

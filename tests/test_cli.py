@@ -35,7 +35,7 @@ def test_help_does_not_import_heavy_libraries():
 def test_unknown_verb_and_bad_flag_exit_2_with_one_line():
     done = _run("frobnicate")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "unknown verb 'frobnicate'" in done.stderr
-    assert main(["toy", "problems", "--n", "many"]) == 2
+    assert main(["toy", "problems", "--count", "many"]) == 2
 
 
 def test_every_verb_has_help_or_says_not_implemented():

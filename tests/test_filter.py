@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from mrt_star.errors import UserError
-from mrt_star.filter import FilterConfig, equalize, mrt_candidate, pick_equals_shortest, run_filter, select
+from mrt_star.filter import FilterConfig, run_filter
+from mrt_star.filter_rules import equalize, mrt_candidate, pick_equals_shortest, select
 from mrt_star.grading.extract import last_boxed
 from mrt_star.progress.metrics import progress
 from mrt_star.store import Store

@@ -17,16 +17,10 @@ import pytest
 from mrt_star.engines.base import Completion, EngineStats, Request, SamplingParams, render_request
 from mrt_star.formats.episodes import split_episodes
 from mrt_star.formats.prompts import ATTEMPT_SEPARATOR, BACKTRACK_RE
-from mrt_star.generate import (
-    BACKTRACK_STOP,
-    GenerateConfig,
-    backtrack_prefix,
-    run_generate,
-    sample_backtrack,
-    sample_linearized,
-)
+from mrt_star.generate import GenerateConfig, run_generate
 from mrt_star.schemas import TRACES
 from mrt_star.store import read_manifest, read_rows, shard_files
+from mrt_star.trace_sampling import BACKTRACK_STOP, backtrack_prefix, sample_backtrack, sample_linearized
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +85,8 @@ def test_open_traces(problems_file, tmp_path, micro_model):
 
 def test_open_puts_a_template_opened_think_back():
     from mrt_star.formats.chat import render_chat
-    from mrt_star.generate import sample_open
     from mrt_star.toy.tokenizer import ASSISTANT, CHAT_TEMPLATE
+    from mrt_star.trace_sampling import sample_open
 
     engine = ScriptedEngine(lambda prefill, params: ("1+1=2.\n</think>\n\n\\boxed{2}", "stop", None))
     # An R1-style template: the generation prompt already opens the thinking block.

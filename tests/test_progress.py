@@ -395,7 +395,7 @@ def stage_world(monkeypatch, tmp_path):
         return engines[-1]
 
     monkeypatch.setattr(mrt_star.engines, "load_engine", fake_load_engine, raising=False)
-    monkeypatch.setattr(mrt_star.grading, "Grader", lambda mode="symbolic": ClosingGrader(), raising=False)
+    monkeypatch.setattr(mrt_star.grading, "Grader", lambda **kw: ClosingGrader(), raising=False)
     monkeypatch.setattr("mrt_star.score._prover_model", lambda cfg, manifest: "scripted")
     return _traces_folder(tmp_path / "traces", rows), engines, tmp_path, kill
 

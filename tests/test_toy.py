@@ -96,14 +96,14 @@ def test_references_grade_against_themselves_and_not_against_a_perturbed_answer(
 
 
 def test_run_toy_problems_writes_jsonl_and_parquet(tmp_path, capsys):
-    out = run_toy_problems(ToyProblemsConfig(n=9, output=str(tmp_path / "p.jsonl")))
+    out = run_toy_problems(ToyProblemsConfig(count=9, output=str(tmp_path / "p.jsonl")))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == generate_problems(9)
-    pq = run_toy_problems(ToyProblemsConfig(n=9, output=str(tmp_path / "p.parquet")))
+    pq = run_toy_problems(ToyProblemsConfig(count=9, output=str(tmp_path / "p.parquet")))
     import pandas as pd
 
     assert pd.read_parquet(pq).to_dict("records") == rows
-    assert run_toy_problems(ToyProblemsConfig(n=4)) is None
+    assert run_toy_problems(ToyProblemsConfig(count=4)) is None
     assert "toy-" in capsys.readouterr().out
 
 
@@ -233,7 +233,7 @@ def test_forced_examples_prefill_prefix_plus_force_text(tokenizer):
             for j in range(len(trace.episodes) + 1):
                 messages, target = forced_messages(trace, j)
                 assert messages[0] == trace_messages(trace)[0][0]
-                prefix = "".join(trace.episodes[:j])
+                prefix = "".join(trace.episodes[:j]) or ("<think>\n" if fmt == "open" else "")
                 assert messages[-1]["content"] == forced_prefix(prefix, fmt)
                 assert render_chat(tokenizer, messages).endswith(FORCE_TEXT[fmt])
                 assert grade(forced_completion_text(fmt, target), trace.supported[j])

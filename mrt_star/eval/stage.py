@@ -71,7 +71,6 @@ class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOpt
     maj_mode: str = option("expected", "maj@k over all k-subsets of the n samples (expected) or the first k (first)",
                            choices=("expected", "first"))
     window: int = option(2, "linearized: most recent attempts kept in context", at_least=0)
-    max_attempts: int = option(4, "linearized: attempts per chain at most", at_least=1)
     budgets: list[int] = option([], "token budgets for regret (default: 1/4, 1/2 and all of the token cap)",
                                 at_least=1)
     budget_forcing: bool = option(False, "also cut each trace at the budgets and force an answer (prover J curve)")

@@ -17,12 +17,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mrt_star.config import option
-from mrt_star.formats.prompts import FORCE_TEXT, FORMATS, user_prompt
+from mrt_star.formats.prompts import FORMATS, forced_prefix, user_prompt
 from mrt_star.toy import default_cache_dir
-from mrt_star.toy.problems import FAMILIES, generate_problems, sample_problem
+from mrt_star.toy.problems import DIFFICULTIES, FAMILIES, sample_problem
+from mrt_star.toy.report import eval_problems, evaluate
 from mrt_star.toy.tokenizer import char_encoder
 from mrt_star.toy.traces import (
     TOY_TEMPLATE,
@@ -31,12 +32,12 @@ from mrt_star.toy.traces import (
     arithmetic_facts,
     forced_answer_text,
     make_trace,
+    prover_prefix,
 )
 
 # Bump when the world (problems, trace grammar, training recipe) changes so cached builds are redone.
-WORLD_VERSION = "toy-world-5"
+WORLD_VERSION = "toy-world-6"
 REPORT_FILE = "build_report.json"
-EVAL_SEED_OFFSET = 7919  # held-out problems come from a different stream than training problems
 # Backtracking gets the largest share: its check -> backtrack -> revision pattern is the rarest to learn.
 FORMAT_MIX = {"backtrack": 0.45, "linearized": 0.25, "open": 0.30}
 
@@ -72,18 +73,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 class ToyBuildConfig:
     """Build and warm-start the embedded toy model (`mrt-star toy build`)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "train_batch_size"}
+
     output: str | None = option(None, "model folder to write; omitted: <cache>/toy/<variant>-<config hash>")
     variant: str = option("default", "default (the toy world's model, a few minutes) or micro (seconds, for tests)",
                           choices=tuple(VARIANTS))
     seed: int = option(0, "random seed (data, initialisation, evaluation samples)")
     overwrite: bool = option(False, "rebuild even if the folder already holds a finished build")
     steps: int | None = option(None, "optimizer steps (default: the variant's)")
-    batch_size: int | None = option(None, "examples per step (default: the variant's)")
+    train_batch_size: int | None = option(None, "examples per optimizer step (default: the variant's)")
     lr: float | None = option(None, "peak AdamW learning rate (default: the variant's)")
     hidden_size: int | None = option(None, "model width (default: the variant's)")
     layers: int | None = option(None, "transformer layers (default: the variant's)")
     eval_problems: int | None = option(None, "held-out problems per format for the build report (default: the variant's)")
-    difficulty: int = option(2, "problem difficulty the model is trained on (1-3)", choices=(1, 2, 3))
+    difficulty: int = option(2, "problem difficulty: 1 (small numbers) to 3 (more terms, larger numbers)",
+                            choices=DIFFICULTIES)
 
 
 def recipe_of(cfg: ToyBuildConfig) -> Recipe:
@@ -91,9 +95,10 @@ def recipe_of(cfg: ToyBuildConfig) -> Recipe:
     if cfg.variant not in VARIANTS:
         raise ValueError(f"unknown toy variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
     knobs = dict(VARIANTS[cfg.variant])
-    for name in ("steps", "batch_size", "lr", "hidden_size", "layers", "eval_problems"):
+    for name, knob in (("steps", "steps"), ("train_batch_size", "batch_size"), ("lr", "lr"),
+                       ("hidden_size", "hidden_size"), ("layers", "layers"), ("eval_problems", "eval_problems")):
         if getattr(cfg, name) is not None:
-            knobs[name] = getattr(cfg, name)
+            knobs[knob] = getattr(cfg, name)
     return Recipe(**knobs, difficulty=cfg.difficulty, seed=cfg.seed)
 
 
@@ -162,8 +167,10 @@ def example_segments(heads: dict[str, str], end: str, trace: WarmTrace, j: int |
     head = heads[trace.fmt].replace(_PROBLEM_SLOT, trace.problem)
     if j is None:
         return [(head, False), (trace.text + end, True)]
-    prefix = "".join(trace.episodes[:j])
-    return [(head, False), (prefix, True), (FORCE_TEXT[trace.fmt], False),
+    prefix = prover_prefix(trace, j)
+    forced = forced_prefix(prefix, trace.fmt)
+    kept = prefix if forced.startswith(prefix) else prefix.rstrip("\n")  # open: trailing newlines become one blank line
+    return [(head, False), (kept, True), (forced[len(kept):], False),
             (forced_answer_text(trace.fmt, trace.supported[j]) + end, True)]
 
 
@@ -268,83 +275,6 @@ def train(model, batches, recipe: Recipe) -> float:
             progress.update(task, advance=1, info=f"loss {smooth:.3f}")
     model.eval()
     return float(smooth or 0.0)
-
-
-# --- evaluation -----------------------------------------------------------------------------------
-
-
-def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
-                       batch_size: int = 64) -> list[str]:
-    """Return one temperature-1 sample per rendered prompt (batched `generate`, left padding)."""
-    import torch
-
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[start : start + batch_size], add_special_tokens=False, padding=True,
-                        return_tensors="pt")
-        with torch.no_grad():
-            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
-
-
-def evaluate(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
-    """Return held-out numbers: per format first-attempt and final accuracy, backtrack rate, prover J(-1)."""
-    from mrt_star.formats.chat import render_chat
-    from mrt_star.formats.episodes import split_episodes
-    from mrt_star.formats.prompts import BACKTRACK_RE, FORCE_TEXT, user_prompt
-    from mrt_star.grading.extract import last_boxed
-    from mrt_star.toy.traces import TOY_TEMPLATE, toy_value
-
-    problems = eval_problems(recipe)
-    report: dict[str, Any] = {"per_format": {}}
-    for i, fmt in enumerate(FORMATS):
-        users = [{"role": "user", "content": user_prompt(p["problem"], TOY_TEMPLATE[fmt])} for p in problems]
-        texts = sample_completions(model, tokenizer, [render_chat(tokenizer, [u]) for u in users],
-                                   recipe.max_new_tokens, recipe.seed + i)
-        refs = [toy_value(p["answer"]) for p in problems]
-        final = [toy_value(last_boxed(t)) == r for t, r in zip(texts, refs, strict=True)]
-        first = [toy_value(last_boxed(split_episodes(t, fmt)[0])) == r for t, r in zip(texts, refs, strict=True)]
-        # The prover on the empty prefix: how often a forced answer with no work is right (J(-1)).
-        forced = [render_chat(tokenizer, [u, {"role": "assistant", "content": FORCE_TEXT[fmt]}]) for u in users]
-        answers = sample_completions(model, tokenizer, forced, 24, recipe.seed + 10 + i)
-        if fmt != "open":
-            answers = ["\\boxed{" + a for a in answers]
-        empty = [toy_value(last_boxed(a)) == r for a, r in zip(answers, refs, strict=True)]
-        row = {
-            "first_attempt_accuracy": _mean(first),
-            "final_accuracy": _mean(final),
-            "boxed_rate": _mean([last_boxed(t) is not None for t in texts]),
-            "mean_chars": _mean([len(t) for t in texts]),
-            "prover_empty_prefix_accuracy": _mean(empty),
-            "final_accuracy_by_family": {
-                fam: _mean([ok for ok, p in zip(final, problems, strict=True) if p["family"] == fam]) for fam in FAMILIES
-            },
-            "example": texts[0],
-        }
-        if fmt == "backtrack":
-            row["backtrack_rate"] = _mean([bool(BACKTRACK_RE.search(t)) for t in texts])
-        report["per_format"][fmt] = row
-    rows = report["per_format"].values()
-    report["first_attempt_accuracy"] = _mean([r["first_attempt_accuracy"] for r in rows])
-    report["final_accuracy"] = _mean([r["final_accuracy"] for r in rows])
-    report["backtrack_rate"] = report["per_format"]["backtrack"]["backtrack_rate"]
-    report["eval_problems"] = len(problems)
-    return report
-
-
-def eval_problems(recipe: Recipe) -> list[dict]:
-    """Return the held-out problems of a build (the same for every format)."""
-    return generate_problems(recipe.eval_problems, seed=recipe.seed + EVAL_SEED_OFFSET, difficulty=recipe.difficulty)
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return round(sum(xs) / len(xs), 4) if xs else 0.0
 
 
 # --- command --------------------------------------------------------------------------------------

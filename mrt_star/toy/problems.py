@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
+from typing import ClassVar
 
 from mrt_star.config import option
 
@@ -334,11 +335,14 @@ def generate_problems(
 class ToyProblemsConfig:
     """Generate procedural toy problems (`mrt-star toy problems`)."""
 
-    n: int = option(500, "number of problems")
+    RENAMED: ClassVar[dict[str, str]] = {"n": "count"}
+
+    count: int = option(500, "number of problems to write", at_least=1)
     seed: int = option(0, "random seed (the same seed gives the same problems)")
     output: str | None = option(None, "write to this .jsonl or .parquet file; omitted: print a few to stdout")
     families: str = option("all", f"comma-separated families ({', '.join(FAMILIES)}) or 'all'")
-    difficulty: int = option(2, "1 (small numbers) to 3 (more terms, larger numbers)", choices=DIFFICULTIES)
+    difficulty: int = option(2, "problem difficulty: 1 (small numbers) to 3 (more terms, larger numbers)",
+                            choices=DIFFICULTIES)
 
 
 def write_problems(rows: list[dict], path: str | Path) -> Path:
@@ -358,7 +362,7 @@ def write_problems(rows: list[dict], path: str | Path) -> Path:
 
 def run_toy_problems(cfg: ToyProblemsConfig) -> Path | None:
     """Return the file written (None when printing a sample to stdout)."""
-    rows = generate_problems(cfg.n, seed=cfg.seed, families=cfg.families, difficulty=cfg.difficulty)
+    rows = generate_problems(cfg.count, seed=cfg.seed, families=cfg.families, difficulty=cfg.difficulty)
     if cfg.output:
         path = write_problems(rows, cfg.output)
         print(f"wrote {len(rows)} toy problems to {path}")

@@ -20,12 +20,13 @@ from fractions import Fraction
 
 from mrt_star.formats.prompts import (
     ATTEMPT_SEPARATOR,
-    FORCE_TEXT,
     FORMATS,
     PARAGRAPH_SEPARATOR,
     THINK_CLOSE_TEXT,
     THINK_OPEN,
     backtrack_line,
+    forced_prefix,
+    think_opening,
     user_prompt,
 )
 from mrt_star.toy.problems import (
@@ -319,15 +320,20 @@ def trace_messages(trace: WarmTrace) -> tuple[list[dict[str, str]], str]:
     return [{"role": "user", "content": user_prompt(trace.problem, TOY_TEMPLATE[trace.fmt])}], trace.text
 
 
+def prover_prefix(trace: WarmTrace, j: int) -> str:
+    """Return the trace text the prover continues from at prefix j (the thinking opening for an empty open one)."""
+    prefix = "".join(trace.episodes[:j])
+    return prefix or (think_opening(trace.text) if trace.fmt == "open" else "")
+
+
 def forced_messages(trace: WarmTrace, j: int) -> tuple[list[dict[str, str]], str]:
     """Return (messages ending in the prefilled prefix + force text, target answer) for prefix j.
 
     j=0 is the empty prefix, j=i+1 the prefix through episode i.
     """
-    prefix = "".join(trace.episodes[:j])
     prompt = [
         {"role": "user", "content": user_prompt(trace.problem, TOY_TEMPLATE[trace.fmt])},
-        {"role": "assistant", "content": prefix + FORCE_TEXT[trace.fmt]},
+        {"role": "assistant", "content": forced_prefix(prover_prefix(trace, j), trace.fmt)},
     ]
     return prompt, forced_answer_text(trace.fmt, trace.supported[j])
 

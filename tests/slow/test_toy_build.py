@@ -35,8 +35,8 @@ def test_sampled_backtrack_traces_contain_backtracks(toy_model):
 
     from mrt_star.formats.chat import render_chat
     from mrt_star.formats.prompts import user_prompt
-    from mrt_star.toy.build import sample_completions
     from mrt_star.toy.problems import generate_problems
+    from mrt_star.toy.report import sample_completions
 
     tok = AutoTokenizer.from_pretrained(toy_model)
     model = AutoModelForCausalLM.from_pretrained(toy_model)

@@ -1,0 +1,254 @@
+"""The filter's rules as functions over scored trace rows: which traces each rule keeps, and what it kept in numbers.
+
+Rules (all group traces by problem): `star` keeps every correct trace, `shortest` the shortest correct one
+per problem (the control), `mrt` the correct traces that stay correct after forced termination, ranked by
+cumulative progress (or by regret: J high early). `cfg` is a `FilterConfig` (read for its rule options).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import Counter
+from typing import Any
+
+from mrt_star.errors import UserError
+from mrt_star.formats.prompts import THINK_CLOSE
+
+RULES = ("mrt", "star", "shortest")
+TRAILING = ("keep", "drop", "trim")
+TIE_BREAKS = ("tokens", "index")
+RANK_BY = ("progress", "regret")
+
+
+def by_problem(rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Return rows grouped by problem id, in first-seen order."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["problem_id"], []).append(row)
+    return groups
+
+
+def sample_index(row: dict[str, Any]) -> int:
+    """Return a row's index among its problem's samples (0 when the row has none)."""
+    return int(row.get("sample_index") or 0)
+
+
+def shortest_correct(traces: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the problem's shortest correct trace (earlier sample on ties), or None."""
+    correct = [r for r in traces if r.get("correct")]
+    return min(correct, key=lambda r: (r["num_tokens"], sample_index(r))) if correct else None
+
+
+def trim_trailing(row: dict[str, Any]) -> tuple[int, str] | None:
+    """Return (episodes kept, trimmed text) after cutting trailing negative-progress episodes, or None.
+
+    Step-wise traces are cut after the last kept episode. An open trace keeps its thinking up to the
+    cut and then its own closing `</think>` and answer (None if the thinking never closed).
+    """
+    progress = list(row["progress"])
+    keep = len(progress)
+    while keep > 1 and progress[keep - 1] < 0:
+        keep -= 1
+    texts = [e["text"] for e in row["episodes"]]
+    if keep == len(texts):
+        return keep, row["completion"]
+    kept = "".join(texts[:keep])
+    if row["format"] == "open":
+        close = row["completion"].find(THINK_CLOSE)
+        if close < 0:
+            return None
+        return keep, kept.rstrip("\n") + "\n" + row["completion"][close:]
+    return keep, kept
+
+
+def mrt_candidate(row: dict[str, Any], cfg: Any, grader: Any = None) -> dict[str, Any] | None:
+    """Return the (possibly trimmed) trace if it passes the MRT rule's per-trace checks, else None.
+
+    The returned dict carries `text`, `cumulative_progress`, `j_end`, `num_tokens` and `trimmed`.
+    """
+    if cfg.require_correct and not row.get("correct"):
+        return None
+    j, progress = list(row["j_values"]), list(row["progress"])
+    text, keep, trimmed = row["completion"], len(progress), False
+    if progress and progress[-1] < 0 and cfg.trailing == "drop":
+        return None
+    if progress and progress[-1] < 0 and cfg.trailing == "trim":
+        cut = trim_trailing(row)
+        if cut is None:
+            return None
+        keep, text = cut
+        trimmed = keep < len(progress)
+        if trimmed and row["format"] != "open" and not _ends_correct(text, row, grader):
+            return None
+    j_end = j[keep]
+    if j_end <= cfg.min_j_end:
+        return None
+    kept_progress = progress[:keep]
+    if cfg.min_progress is not None and any(p < cfg.min_progress for p in kept_progress):
+        return None
+    cumulative = j_end - j[0]
+    if cfg.min_cumulative_progress is not None and cumulative < cfg.min_cumulative_progress:
+        return None
+    if trimmed:
+        tokens = list(row.get("j_tokens") or [])
+        kept_tokens = tokens[keep] if len(tokens) > keep else row["num_tokens"]
+        # An open trace keeps its answer tail; count it at the trace's own tokens-per-character rate.
+        tail = len(text) - len("".join(e["text"] for e in row["episodes"][:keep]))
+        rate = row["num_tokens"] / max(1, len(row["completion"]))
+        num_tokens = int(kept_tokens + max(0, round(tail * rate)))
+    else:
+        num_tokens = int(row["num_tokens"])
+    return {"text": text, "cumulative_progress": cumulative, "j_end": j_end, "num_tokens": num_tokens,
+            "trimmed": trimmed, "episodes_kept": keep}
+
+
+def _ends_correct(text: str, row: dict[str, Any], grader: Any) -> bool:
+    if grader is None:
+        return False
+    return bool(grader.grade_many([(text, row["answer"])])[0].correct)
+
+
+def regret_at(row: dict[str, Any], budget: int | None) -> float:
+    """Return the row's scored regret at `budget` (the largest scored budget when None)."""
+    points = {float(p["budget"]): float(p["value"]) for p in row.get("regret") or []}
+    if not points:
+        raise UserError("rank_by regret: the scored rows have no regret; score them with --budgets")
+    if budget is None:
+        return points[max(points)]
+    if float(budget) not in points:
+        raise UserError(f"regret_budget: {budget} was not scored; scored budgets: {sorted(int(b) for b in points)}")
+    return points[float(budget)]
+
+
+def _mrt_key(row: dict[str, Any], pick: dict[str, Any], cfg: Any) -> tuple:
+    # Rounding keeps float noise (J as shares of K) from overriding the tie-break.
+    progress = -round(pick["cumulative_progress"], 9)
+    first = (round(regret_at(row, cfg.regret_budget), 9), progress) if cfg.rank_by == "regret" else (progress,)
+    if cfg.tie_break == "tokens":
+        return *first, pick["num_tokens"], sample_index(row)
+    return *first, sample_index(row)
+
+
+def select(rows: list[dict[str, Any]], cfg: Any, grader: Any = None) -> list[tuple[dict, dict]]:
+    """Return the kept (trace row, pick) pairs for the rule, problems in input order, best first within one."""
+    kept = []
+    for traces in by_problem(rows).values():
+        if cfg.rule == "star":
+            picks = [(r, _plain_pick(r)) for r in traces if r.get("correct")]
+        elif cfg.rule == "shortest":
+            best = shortest_correct(traces)
+            picks = [(best, _plain_pick(best))] if best else []
+        else:
+            scored = [(r, p) for r in traces if (p := mrt_candidate(r, cfg, grader)) is not None]
+            scored.sort(key=lambda rp: _mrt_key(rp[0], rp[1], cfg))
+            picks = scored[: cfg.per_problem]
+        if cfg.max_per_problem is not None:
+            picks = picks[: cfg.max_per_problem]
+        kept.extend(picks)
+    return kept
+
+
+def _plain_pick(row: dict[str, Any]) -> dict[str, Any]:
+    return {"text": row["completion"], "cumulative_progress": row.get("cumulative_progress"),
+            "j_end": row.get("j_end"), "num_tokens": int(row["num_tokens"]), "trimmed": False,
+            "episodes_kept": len(row.get("episodes") or [])}
+
+
+def equalize(kept: list[tuple[dict, dict]], target: int, seed: int) -> list[tuple[dict, dict]]:
+    """Return `target` of the kept pairs: problems round-robin (each problem's best row first), problem order
+    shuffled with `seed`, so a smaller set still covers as many problems as it can."""
+    if target >= len(kept):
+        return kept
+    groups: dict[Any, list[tuple[dict, dict]]] = {}
+    for pair in kept:
+        groups.setdefault(pair[0]["problem_id"], []).append(pair)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    chosen: list[tuple[dict, dict]] = []
+    depth = 0
+    while len(chosen) < target:
+        for pid in order:
+            if depth < len(groups[pid]) and len(chosen) < target:
+                chosen.append(groups[pid][depth])
+        depth += 1
+    keep_ids = {id(p[1]) for p in chosen}
+    return [p for p in kept if id(p[1]) in keep_ids]  # input order, not round-robin order
+
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def _quantiles(xs: list[float]) -> dict[str, float] | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    at = lambda q: xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]  # noqa: E731
+    return {"min": xs[0], "p25": at(0.25), "median": at(0.5), "p75": at(0.75), "max": xs[-1],
+            "mean": statistics.fmean(xs)}
+
+
+def rule_statistics(rows: list[dict[str, Any]], cfg: Any, grader: Any = None) -> dict[str, Any]:
+    """Return, for every rule on the same input, rows kept, problems covered and mean tokens (a comparison)."""
+    from dataclasses import replace
+
+    scored = "j_values" in (rows[0] if rows else {})
+    out = {}
+    for rule in RULES if scored else ("star", "shortest"):
+        kept = select(rows, replace(cfg, rule=rule), grader)
+        out[rule] = {"rows": len(kept), "problems": len({r["problem_id"] for r, _ in kept}),
+                     "mean_tokens": statistics.fmean([p["num_tokens"] for _, p in kept]) if kept else None}
+    return out
+
+
+def contested(traces: list[dict[str, Any]]) -> bool:
+    """Return True when a problem's correct traces differ in length, so "shortest" is a real choice."""
+    return len({r["num_tokens"] for r in traces if r.get("correct")}) > 1
+
+
+def pick_equals_shortest(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]],
+                         contested_only: bool = False) -> float | None:
+    """Return the share of problems whose best kept trace is the problem's shortest correct trace.
+
+    With `contested_only`, count only problems whose correct traces differ in length: a problem with one
+    correct trace (or several of one length) agrees with "shortest" whatever the rule, which says nothing.
+    """
+    groups = by_problem(rows)
+    firsts: dict[Any, dict] = {}
+    for row, _ in kept:
+        firsts.setdefault(row["problem_id"], row)
+    same = [shortest_correct(groups[pid]) is row for pid, row in firsts.items()
+            if not contested_only or contested(groups[pid])]
+    return sum(same) / len(same) if same else None
+
+
+def filter_summary(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]], out_rows: list[dict[str, Any]],
+                   cfg: Any, grader: Any = None) -> dict[str, Any]:
+    """Return the closing numbers: kept share, tokens, progress distribution, per-rule comparison."""
+    problems = by_problem(rows)
+    tokens = [r["num_tokens"] for r in out_rows]
+    progress = [r["cumulative_progress"] for r in out_rows if r["cumulative_progress"] is not None]
+    summary: dict[str, Any] = {
+        "rule": cfg.rule,
+        "input_traces": len(rows),
+        "input_problems": len(problems),
+        "kept_rows": len(out_rows),
+        "kept_share": len(out_rows) / len(rows) if rows else 0.0,
+        "problems_covered": len({r["problem_id"] for r in out_rows}),
+        "kept_tokens": sum(tokens),
+        "mean_tokens": statistics.fmean(tokens) if tokens else None,
+        "mean_tokens_all_correct": statistics.fmean([r["num_tokens"] for r in rows if r.get("correct")])
+        if any(r.get("correct") for r in rows) else None,
+        "trimmed_rows": sum(bool(r["trimmed"]) for r in out_rows),
+        "formats": dict(Counter(r["format"] for r in out_rows)),
+        "cumulative_progress": _quantiles(progress),
+        "per_rule": rule_statistics(rows, cfg, grader),
+    }
+    if cfg.rule == "mrt":
+        summary["mrt_pick_equals_shortest"] = pick_equals_shortest(rows, kept)
+        summary["contested_problems"] = sum(contested(traces) for traces in problems.values())
+        summary["mrt_pick_equals_shortest_contested"] = pick_equals_shortest(rows, kept, contested_only=True)
+    return summary
+
+
