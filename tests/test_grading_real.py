@@ -112,6 +112,16 @@ TABLE = [
     (BOX % "-\\infty", "∞", False), (BOX % "3", "The limit does not exist", False),
     (BOX % "\\text{does not exist}", "The limit does not exist", True),
     (BOX % "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", True),
+    # third round: one matching number must never be enough
+    (BOX % "x = 3 \\text{ or } x = 5", "x = 3", False), (BOX % "3, 4, 5", "3", False), (BOX % "x = 3, y = 4", "3", False),
+    (BOX % "\\frac12 \\text{ and } \\frac13", "\\frac12", False), ("So the answer is 5 and 7.", "5", False),
+    (BOX % "5", "The maximum is 5, attained at x = 2", False), ("<think>\nthe answer is 5 but wait", "5", False),
+    (BOX % "3", "3 \\text{ and } 4", False), (BOX % "4, 3", "3 \\text{ and } 4", True), (BOX % "2", "x=2, y=2", False),
+    (BOX % "(2, 2)", "x=2, y=2", True), (BOX % "\\{1,2,3\\}", "\\{1,2\\}", False), (BOX % "0", "No", False),
+    ("The area is 12, and the perimeter is 14.", "12", False), ("The area is 12, and the perimeter is 14.", "14", True),
+    (BOX % "y = x^2 + 1", "x^2", False), (BOX % "2\\pi", "360^\\circ", False), ("The answer is $x = 2$.", "x=2, y=3", False),
+    ("Thus, $a = 3$, $b = -7$, and $c = 4$.", "a=3, b=-7, c=4", True),
+    ("Thus, $a = 3$, $b = 7$, and $c = 4$.", "a=3, b=-7, c=4", False),
 ]
 
 

@@ -125,9 +125,13 @@ def final_sentence(text: str) -> tuple[str, str] | None:
     yn = _YES_NO.match(sentence)
     if yn:
         return yn.group(1).capitalize(), "final-sentence"
-    maths = [next(g for g in m.groups() if g is not None).strip() for m in _MATH.finditer(sentence)]
-    if maths:
-        return maths[-1], "final-sentence"
+    maths = list(_MATH.finditer(sentence))
+    if maths:  # the last one, with the ones listed right before it ("$a = 3$, $b = -7$, and $c = 4$")
+        first = len(maths) - 1
+        while first > 0 and _LIST_GLUE.fullmatch(sentence[maths[first - 1].end():maths[first].start()]):
+            first -= 1
+        return ", ".join(next(g for g in m.groups() if g is not None).strip(" ,;") for m in maths[first:]), \
+            "final-sentence"
     choices = list(_CHOICE.finditer(sentence))
     if choices:  # "The correct option is (B)."
         return choices[-1].group(1) or choices[-1].group(2), "final-sentence"
