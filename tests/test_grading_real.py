@@ -216,3 +216,11 @@ def test_pool_does_not_import_the_grader():
             "assert 'mrt_star.grading.grader' not in imports('_pool.py')\n"
             "import mrt_star.grading._pool")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_module_level_grade_takes_the_percent_policy():
+    from mrt_star.grading import grade, grade_detail
+
+    assert grade("So \\boxed{0.25}.", "25\\%") is False
+    assert grade("So \\boxed{0.25}.", "25\\%", percent="lenient") is True
+    assert grade_detail("So \\boxed{0.25}.", "25\\%", percent="lenient").rule == "boxed/percent-lenient"

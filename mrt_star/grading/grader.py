@@ -1,8 +1,11 @@
 """Grading modes, `grade` / `grade_detail`, and the batch `Grader` that runs symbolic checks in workers.
 
 Modes:
-  symbolic   math-verify's parse/verify (latex2sympy2_extended): equivalent forms are equal (0.5 = \\frac12,
-             2\\sqrt2 = \\sqrt8, x=3 = 3, intervals, sets, matrices, units, \\text{(B)} = B).
+  symbolic   the answer kinds of `kinds.plan` first (choice letters, number bases, yes/no, clock times, words,
+             assignments and roots, free-form references, percent policy) after the named rewrites of
+             `rewrite.py` (unicode, repeating decimals, scientific notation, mixed numbers, vectors, degrees,
+             units); then math-verify's parse/verify (latex2sympy2_extended): equivalent forms are equal
+             (0.5 = \\frac12, 2\\sqrt2 = \\sqrt8, x=3 = 3, intervals, sets, matrices). GradeResult.rule names both.
   hendrycks  Hendrycks-MATH string normalisation then exact match, for parity with the reference MRT code.
 
 Model output is untrusted: nothing here evaluates text; symbolic parsing happens in worker processes that
@@ -296,25 +299,28 @@ def _balanced(latex: str) -> bool:
     return depth == 0
 
 
-_SHARED: dict[tuple[str, float], Grader] = {}
+_SHARED: dict[tuple[str, float, str], Grader] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def _shared_grader(mode: str, timeout_s: float) -> Grader:
-    """Return the process-wide Grader for (mode, timeout_s), so one-off calls reuse warm workers."""
+def _shared_grader(mode: str, timeout_s: float, percent: str = "strict") -> Grader:
+    """Return the process-wide Grader for (mode, timeout_s, percent), so one-off calls reuse warm workers."""
     check_mode(mode)
+    key = (mode, float(timeout_s), percent)
     with _SHARED_LOCK:
-        grader = _SHARED.get((mode, float(timeout_s)))
+        grader = _SHARED.get(key)
         if grader is None:
-            grader = _SHARED[(mode, float(timeout_s))] = Grader(mode, timeout_s=timeout_s)
+            grader = _SHARED[key] = Grader(mode, timeout_s=timeout_s, percent=percent)
         return grader
 
 
-def grade_detail(completion: str, reference: str, mode: str = "symbolic", timeout_s: float = 5.0) -> GradeResult:
-    """Return the GradeResult (correct, extracted answer, reason) of one completion against a bare reference."""
-    return _shared_grader(mode, timeout_s).grade(completion, reference)
+def grade_detail(completion: str, reference: str, mode: str = "symbolic", timeout_s: float = 5.0,
+                 percent: str = "strict") -> GradeResult:
+    """Return the GradeResult (correct, extracted answer, reason, rule) of one completion against a bare reference."""
+    return _shared_grader(mode, timeout_s, percent).grade(completion, reference)
 
 
-def grade(completion: str, reference: str, mode: str = "symbolic", timeout_s: float = 5.0) -> bool:
+def grade(completion: str, reference: str, mode: str = "symbolic", timeout_s: float = 5.0,
+          percent: str = "strict") -> bool:
     """Return True when the completion's final answer matches the reference under `mode`."""
-    return grade_detail(completion, reference, mode, timeout_s).correct
+    return grade_detail(completion, reference, mode, timeout_s, percent).correct
