@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mrt_star.engines.base import Completion, Request, SamplingParams
+from mrt_star.formats.episodes import episode_prefixes
 from mrt_star.formats.prompts import (
     THINK_CLOSE,
     THINK_CLOSE_TEXT,
@@ -117,13 +118,10 @@ def prover_queries(prompt: Sequence[dict[str, str]], episodes: Sequence[str], fm
                    answer: str) -> list[ProverQuery]:
     """Return the L+1 queries of a trace: the empty prefix, then the prefix through each episode."""
     frozen = freeze_messages(prompt)
-    out, acc = [], ""
+    out = []
     # The empty prefix of an open trace is its opening "<think>\n" (what the template's generation
     # prompt opened): the stop text follows it directly (DESIGN.md §3).
-    prefixes = [think_opening(episodes[0]) if fmt == "open" and episodes else ""]
-    for piece in episodes:
-        acc += piece
-        prefixes.append(acc)
+    prefixes = [think_opening(episodes[0]) if fmt == "open" and episodes else "", *episode_prefixes(list(episodes))[1:]]
     for i, prefix in enumerate(prefixes):
         if i == len(prefixes) - 1 and i > 0:  # the whole trace: the forced answer at the end
             forced = end_forced_text(prefix, fmt)
