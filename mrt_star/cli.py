@@ -38,6 +38,8 @@ VERBS: dict[str, Verb] = {
                 "the multi-round loop: generate, score, filter, fine-tune, repeat with the new model"),
     "eval": Verb("mrt_star.eval.stage", "EvalConfig", "run_eval",
                  "pass@k, maj@k vs tokens, cumulative regret and plots for one or more models"),
+    "grade": Verb("mrt_star.grade", "GradeConfig", "run_grade",
+                  "grade a JSONL of completions against references; agreement with labels per kind"),
     "push": Verb("mrt_star.hub", "PushConfig", "run_push",
                  "upload a stage's dataset to the Hugging Face Hub with a generated dataset card",
                  positional=("input",)),

@@ -17,30 +17,26 @@ from typing import Any
 
 from mrt_star.config import check_config, option
 from mrt_star.errors import UserError
-from mrt_star.grading import GRADING_MODES, PERCENT_POLICIES
+from mrt_star.options import GradingOptions
 
 _TRUE = {"true", "1", "yes", "correct"}
 _FALSE = {"false", "0", "no", "wrong", "incorrect"}
 
 
 @dataclass
-class GradeConfig:
-    """What `run_grade` reads, how it grades, and where it writes per-row verdicts."""
+class GradeConfig(GradingOptions):
+    """What `run_grade` reads, how it grades (the shared grading options), and where it writes verdicts."""
 
     input: str = option(help="JSONL file, one object per line with a completion and a reference column")
+    output: str | None = option(None, "write one JSON verdict per input row here (correct, extracted, reason, rule)")
+    limit: int | None = option(None, "use only the first N input rows", at_least=1)
     completion_column: str = option("completion", "column holding the model's completion")
     reference_column: str = option("reference", "column holding the reference answer")
     label_column: str | None = option("label", "column of true/false labels; agreement is reported per kind "
                                       "(none: grade unlabelled rows)")
     kind_column: str | None = option(None, "column to group the table by (e.g. kind); none: one row for all")
-    grading: str = option("symbolic", "answer grading: symbolic (math-verify with our normalisation rules) or "
-                          "hendrycks (string normalisation, parity with the reference numbers)", choices=GRADING_MODES)
-    percent_policy: str = option("strict", "a percent on one side only: strict (25\\% matches 25 only) or lenient "
-                                 "(also the ratio 0.25 or \\frac14)", choices=PERCENT_POLICIES)
-    timeout_s: float = option(5.0, "seconds one answer may take before it is graded wrong (reason timeout)")
-    workers: int | None = option(None, "grading worker processes (none: up to 2)")
-    output: str | None = option(None, "write one JSON verdict per input row here (correct, extracted, reason, rule)")
-    limit: int | None = option(None, "grade only the first N rows")
+    timeout_s: float = option(5.0, "seconds one answer may take before it is graded wrong (reason timeout)", above=0)
+    grading_workers: int | None = option(None, "grading worker processes (none: up to 2)", at_least=1)
 
 
 def read_rows(cfg: GradeConfig) -> list[dict[str, Any]]:
@@ -111,7 +107,7 @@ def run_grade(cfg: GradeConfig) -> dict[str, Any]:
     rows = read_rows(cfg)
     pairs = [(row[cfg.completion_column], row[cfg.reference_column]) for row in rows]
     with console.status(f"grading {len(pairs)} rows"), Grader(cfg.grading, timeout_s=cfg.timeout_s,
-                                                               workers=cfg.workers, percent=cfg.percent_policy) as g:
+                                                               workers=cfg.grading_workers, percent=cfg.percent_policy) as g:
         verdicts = g.grade_many(pairs)
     table = agreement_rows(rows, verdicts, cfg)
     title = f"grading agreement ({cfg.grading}, percent {cfg.percent_policy}): {cfg.input}"

@@ -62,3 +62,21 @@ def test_bad_options_are_user_errors(tmp_path):
     path = _write(tmp_path / "in.jsonl", [{"completion": "x", "reference": "1", "label": True}])
     with pytest.raises(UserError, match="percent_policy"):
         run_grade(GradeConfig(input=path, percent_policy="loose"))
+
+
+def test_grade_verb_prints_the_per_kind_table(tmp_path):
+    import subprocess
+    import sys
+
+    rows = [{"completion": "The answer is $\\frac{1}{3}$.", "reference": "0.\\overline{3}", "label": True, "kind": "rd"},
+            {"completion": "So there are 120 possible ways.", "reference": "120", "label": True, "kind": "sentence"},
+            {"completion": "\\boxed{7}", "reference": "8", "label": False, "kind": "sentence"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = subprocess.run([sys.executable, "-m", "mrt_star.cli", "grade", "--input", str(path), "--kind-column", "kind",
+                           "--percent-policy", "lenient"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "sentence" in done.stderr and "rd" in done.stderr and "100" in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "mrt_star.cli", "grade", "--input", str(tmp_path / "none.jsonl")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "is not a file" in bad.stderr

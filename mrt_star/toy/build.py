@@ -304,8 +304,10 @@ def run_toy_build(cfg: ToyBuildConfig) -> Path:
     """Return the folder of the built toy model (reused from the cache unless `overwrite`)."""
     import torch
 
-    from mrt_star.console import summary_table
+    from mrt_star.console import quiet_library_progress, summary_table
     from mrt_star.toy.tokenizer import build_tokenizer
+
+    quiet_library_progress()
 
     folder = build_dir(cfg)
     if is_built(folder) and not cfg.overwrite:
