@@ -34,6 +34,7 @@ from mrt_star.options import (
     ProblemOptions,
     PromptOptions,
     SamplingOptions,
+    ScaleOptions,
     StageIO,
 )
 from mrt_star.trace_sampling import BACKTRACK_POINTS, BACKTRACK_VARIANTS, SAMPLERS, Trace, derive_seed
@@ -44,7 +45,7 @@ GRADER_WARMUP = (("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{2\\sqrt{2}}", "\\sq
 
 @dataclass
 class GenerateConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOptions, SamplingOptions,
-                     GradingOptions, EngineOptions):
+                     GradingOptions, EngineOptions, ScaleOptions):
     """Options of `mrt-star generate` (trace format, sampling, engine, backtrack and linearized knobs)."""
 
     RENAMED: ClassVar[dict[str, str]] = RENAMED
@@ -223,25 +224,82 @@ def prepare_items(engine: Any, cfg: GenerateConfig, problems: list[dict]) -> lis
     return items
 
 
+def sample_shard(engine: Any, grader: Any, cfg: GenerateConfig, index: int, part: list[dict]) -> tuple[list, list]:
+    """Return (traces, their measures) of shard `index`: its seed comes from the run seed and the shard alone."""
+    kept = [it for it in part if it["fits"]]
+    traces = SAMPLERS[cfg.format](engine, grader, cfg, kept, derive_seed(cfg.seed, index)) if kept else []
+    return traces, measure_traces(engine, cfg, traces)
+
+
+class TraceShards:
+    """A Ray worker's job in generate: one engine and grader that turn a shard of problems into trace rows."""
+
+    def __init__(self, cfg: GenerateConfig, model_path: str):
+        from mrt_star.engines import load_engine
+        from mrt_star.grading import Grader
+
+        self.cfg, self.grader = cfg, Grader(**cfg.grader_kwargs(), workers=1)
+        self.engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs(seed=cfg.seed))
+
+    def prepare(self, problems: list[dict]) -> list[dict[str, Any]]:
+        return prepare_items(self.engine, self.cfg, problems)
+
+    def run(self, index: int, part: list[dict]) -> list[dict[str, Any]]:
+        traces, measured = sample_shard(self.engine, self.grader, self.cfg, index, part)
+        return trace_rows(self.grader, self.cfg, traces, measured)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.grader.close()
+
+
 def run_generate(cfg: GenerateConfig) -> Path:
     """Return the traces folder after sampling `n` traces per problem of `cfg.input` (resumable)."""
-    from mrt_star.console import console, stage_progress, summary_table
+    from mrt_star.console import console, summary_table
     from mrt_star.data import load_problems, problem_source
-    from mrt_star.engines import load_engine
-    from mrt_star.grading import Grader
     from mrt_star.models import resolve_model
-    from mrt_star.store import Store, chunk, fingerprint, read_rows
+    from mrt_star.scale import check_scale, without_scale
+    from mrt_star.store import Store, fingerprint, read_rows
 
     check_options(cfg)
+    check_scale(cfg)
     output = Path(cfg.output or f"traces-{cfg.format}")
     problems = load_problems(problem_source(cfg))
     model_path = resolve_model(cfg.model_name())
-    config = {**config_to_dict(cfg), "resolved_model": model_path}
+    config = without_scale({**config_to_dict(cfg), "resolved_model": model_path})
     fp = fingerprint(cfg.input or "toy")
-    store = _open_existing(output, cfg, config, fp)
-    if store is not None and store.complete:
+    existing = _open_existing(output, cfg, config, fp)
+    if existing is not None and existing.complete:
         console.print(f"generate: {output} is already complete (pass --overwrite to redo it)")
         return output
+
+    def open_store():  # called after the checks that need the model, so a failed check writes nothing
+        return existing or Store(output, "generate", config, fp, cfg.overwrite)
+
+    run = _generate_on_ray if cfg.backend == "ray" else _generate_here
+    store, items, seconds, tokens, stats = run(cfg, problems, model_path, open_store)
+    skipped = sum(not it["fits"] for it in items)
+    timings = store.manifest.setdefault("timings", {})
+    timings["sampling_seconds"] = round(timings.get("sampling_seconds", 0.0) + seconds, 3)
+    timings.update(stats)
+    rate = tokens / seconds if tokens and seconds > 0 else None
+    summary = summarize(read_rows(output, require_complete=False), skipped, rate)
+    path = store.finish(summary, counts={"problems": len(items), "skipped_prompts": skipped})
+    summary_table(f"generate: {summary['traces']} {cfg.format} traces → {output}", summary)
+    return path
+
+
+def _shards_to_do(store: Any, cfg: GenerateConfig, items: list[dict]) -> list[tuple[int, list[dict]]]:
+    from mrt_star.store import chunk
+
+    return [(i, part) for i, part in chunk(items, cfg.shard_size) if not store.is_done(i)]
+
+
+def _generate_here(cfg: GenerateConfig, problems: list[dict], model_path: str, open_store: Any):
+    """Sample the missing shards in this process; return (store, items, seconds, tokens, timings to record)."""
+    from mrt_star.console import stage_progress
+    from mrt_star.engines import load_engine
+    from mrt_star.grading import Grader
 
     grader = Grader(**cfg.grader_kwargs(), workers=grader_workers())
     warmup = GraderWarmup(grader)
@@ -253,11 +311,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
         raise
     try:
         items = prepare_items(engine, cfg, problems)
-        skipped = sum(not it["fits"] for it in items)
-        store = store or Store(output, "generate", config, fp, cfg.overwrite)  # only now is anything written
-        pieces = list(chunk(items, cfg.shard_size))
-        todo = [(i, part) for i, part in pieces if not store.is_done(i)]
-        sampler = SAMPLERS[cfg.format]
+        store = open_store()  # only now is anything written
+        todo = _shards_to_do(store, cfg, items)
         start, schema = time.perf_counter(), traces_schema()
         with stage_progress() as bar, ThreadPoolExecutor(max_workers=1) as writer:
             task = bar.add_task(f"generate {cfg.format}", total=len(items),
@@ -272,9 +327,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
 
             pending = None
             for i, part in todo:
-                kept = [it for it in part if it["fits"]]
-                traces = sampler(engine, grader, cfg, kept, derive_seed(cfg.seed, i)) if kept else []
-                measured = measure_traces(engine, cfg, traces)
+                traces, measured = sample_shard(engine, grader, cfg, i, part)
                 if pending is not None:
                     pending.result()  # at most one shard in flight; its errors surface here
                 pending = writer.submit(finish_shard, i, len(part), traces, measured)
@@ -285,11 +338,30 @@ def run_generate(cfg: GenerateConfig) -> Path:
         engine.close()
         warmup.stop()
         grader.close()
-    timings = store.manifest.setdefault("timings", {})
-    timings["sampling_seconds"] = round(timings.get("sampling_seconds", 0.0) + seconds, 3)
-    timings["engine_stats"] = engine.stats.as_dict()
-    rate = engine.stats.completion_tokens / seconds if todo and seconds > 0 else None
-    summary = summarize(read_rows(output, require_complete=False), skipped, rate)
-    path = store.finish(summary, counts={"problems": len(items), "skipped_prompts": skipped})
-    summary_table(f"generate: {summary['traces']} {cfg.format} traces → {output}", summary)
-    return path
+    tokens = engine.stats.completion_tokens if todo else 0
+    return store, items, seconds, tokens, {"engine_stats": engine.stats.as_dict()}
+
+
+def _generate_on_ray(cfg: GenerateConfig, problems: list[dict], model_path: str, open_store: Any):
+    """Sample the missing shards on Ray workers, writing each here; same return as `_generate_here`."""
+    from mrt_star.console import stage_progress
+    from mrt_star.scale import WorkerPool, ray_session
+
+    with ray_session(cfg), WorkerPool(cfg, "mrt_star.generate:TraceShards", (cfg, model_path), "generate") as pool:
+        items = pool.call_one("prepare", problems)
+        store = open_store()
+        todo = _shards_to_do(store, cfg, items)
+        start, schema, tokens = time.perf_counter(), traces_schema(), 0
+        with stage_progress() as bar:
+            task = bar.add_task(f"generate {cfg.format} ({cfg.workers} Ray workers)", total=len(items),
+                                completed=len(items) - sum(len(p) for _, p in todo), info="")
+            sizes = dict((i, len(part)) for i, part in todo)
+
+            def write(i: int, rows: list[dict[str, Any]]) -> None:
+                nonlocal tokens
+                store.write_shard(i, rows, schema=schema)
+                tokens += sum(r["num_tokens"] for r in rows)
+                bar.update(task, advance=sizes[i], info=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s")
+
+            pool.run(todo, write)
+        return store, items, time.perf_counter() - start, tokens, {"scale": pool.stats()}

@@ -185,3 +185,15 @@ def episode_options(cfg: Any) -> EpisodeOptions:
     """Return just the episode options of a stage config (what `split_episodes` takes)."""
     return EpisodeOptions(min_paragraphs=cfg.min_paragraphs, max_splits=cfg.max_splits, group_size=cfg.group_size,
                           backtrack_unit=cfg.backtrack_unit)
+
+
+@dataclass
+class ScaleOptions:
+    """Scale-out (engine replicas as Ray workers; see README's Scale-out section)"""
+
+    backend: str = option("local", "where shards run: local (this process) or ray (N engine replicas as Ray actors; "
+                          "pip install 'mrt-star[ray]')", choices=("local", "ray"))
+    ray_address: str = option("", "ray backend: the cluster to use; empty: start a local one on 127.0.0.1 (stopped "
+                              "at the end), auto: the cluster `ray start` runs on this machine, or an address")
+    workers: int = option(1, "ray backend: engine replicas (Ray actors), each running whole shards; rows are the "
+                          "same for any number of workers", at_least=1)
