@@ -175,13 +175,19 @@ def build_examples(rows: list[dict[str, Any]], tokenizer: Any, cfg: FinetuneConf
 
 def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> str:
     """Return 'done' (an identical finished model is there), 'resume' or 'fresh'; refuse foreign folders."""
+    from mrt_star import output_guard
     from mrt_star.store import resume_or_refuse
 
+    output_guard.check_not_file(out)
     ours = (out / SUMMARY).exists() or (out / STARTED).exists()
-    if out.exists() and any(out.iterdir()) and not ours:
+    if output_guard.has_content(out) and not ours:
         raise UserError(f"output: {out} exists and is not an mrt-star model folder; choose another --output")
+    if _is_main_process():
+        output_guard.acquire(out)  # one writer per model folder until the process exits
     old = json.loads((out / STARTED).read_text()) if (out / STARTED).exists() else None
     if resume_or_refuse(out, "a fine-tuned model", old, record, overwrite, NEUTRAL_KEYS) == "fresh":
+        if _is_main_process() and output_guard.has_content(out):
+            output_guard.remove_ours(out, "model")  # before any model load; refuses files mrt-star did not write
         return "fresh"
     return "done" if (out / SUMMARY).exists() else "resume"
 
@@ -350,8 +356,6 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     args = _sft_config(cfg, out, model_init_kwargs)
     resume = _last_checkpoint(out) if state == "resume" else None
     _barrier()  # every process has read the folder's state before the main process changes it
-    if state == "fresh" and out.exists() and _is_main_process():
-        shutil.rmtree(out)
     if _is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         (out / STARTED).write_text(json.dumps(record, indent=2, default=str) + "\n")

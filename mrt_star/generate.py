@@ -202,8 +202,9 @@ def summarize(rows: list[dict[str, Any]], skipped: int, tokens_per_second: float
 
 def _open_existing(output: Path, cfg: GenerateConfig, config: dict, fp: str):
     """Return the Store of an existing output folder of this command (None when there is none yet)."""
-    from mrt_star.store import MANIFEST, Store
+    from mrt_star.store import MANIFEST, Store, check_output_path
 
+    check_output_path(output)  # fail before the model load, not after it
     if cfg.overwrite or not (output / MANIFEST).exists():
         return None
     return Store(output, "generate", config, fp, overwrite=False)

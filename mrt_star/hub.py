@@ -2,16 +2,21 @@
 
 The upload is one commit: the parquet shards under `data/`, the stage's `manifest.json`, and a
 `README.md` dataset card (what the data is, its schema from `mrt_star.schemas`, the resolved recipe
-from the manifest, counts and statistics, how to load it, and the MRT citation). The card is written
-into the folder first, so `--dry-run` shows exactly what would go up without touching the network.
+from the manifest, counts and statistics, how to load it, and the MRT citation). The card is staged in a
+temporary folder, never in the input folder (pushing must not change the data it pushes), so `--dry-run`
+shows exactly what would go up, and where the card is, without touching the network.
 
 The token comes from the standard Hugging Face login or `HF_TOKEN`; this module never reads, prints
-or writes it (and scrubs any token value it finds in text it writes, in case a config carried one).
+or writes it, and scrubs anything that looks like a Hub token (`hf_` + 30 or more letters and digits,
+or the value of a token variable) from every text it writes or prints, wherever it came from.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from mrt_star.errors import UserError
 CARD = "README.md"
 DATA_DIR = "data"
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN")
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 
 CITATION = """@misc{qu2025optimizing,
   title         = {Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning},
@@ -56,19 +62,20 @@ class PushConfig:
     commit_message: str | None = option(None, "commit message; default: 'Upload <stage> dataset (mrt-star)'")
     pretty_name: str | None = option(None, "title of the dataset card; default: the repository name")
     license: str | None = option(None, "license id for the card's metadata (e.g. apache-2.0); default: none stated")
-    dry_run: bool = option(False, "write the card into the folder and list the files that would be uploaded; "
-                           "no network")
+    dry_run: bool = option(False, "write the card to a temporary folder (printed) and list the files that would "
+                           "be uploaded; no network")
 
 
 # --- safety -----------------------------------------------------------------------------------------
 
 
 def scrub(text: str) -> str:
-    """Return `text` with any Hub token value from the environment (and the home folder) blanked out."""
+    """Return `text` with Hub tokens (the environment's, and anything shaped like one) and the home folder blanked."""
     for name in TOKEN_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
+    text = TOKEN_PATTERN.sub("hf_***", text)
     home = str(Path.home())
     if len(home) > 1:
         text = text.replace(home, "~")
@@ -207,24 +214,27 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"repo_id: expected ORG/NAME, got {repo_id!r}")
 
 
-def upload_plan(folder: str | Path) -> list[tuple[Path, str]]:
-    """Return (local file, path in the repository) for every file the push uploads."""
+def upload_plan(folder: str | Path, card: str | Path) -> list[tuple[Path, str]]:
+    """Return (local file, path in the repository) for every file the push uploads; `card` is the staged card."""
     from mrt_star.store import MANIFEST, shard_files
 
     folder = Path(folder)
     plan = [(p, f"{DATA_DIR}/{p.name}") for p in shard_files(folder)]
     plan.append((folder / MANIFEST, MANIFEST))
-    plan.append((folder / CARD, CARD))
+    plan.append((Path(card), CARD))
     return plan
 
 
-def prepare_push(cfg: PushConfig) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
-    """Return (upload plan, manifest) after writing the dataset card into the folder (no network)."""
+def prepare_push(cfg: PushConfig, staging: str | Path | None = None) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
+    """Return (upload plan, manifest) after writing the dataset card into `staging` (default: a new temporary
+    folder), never into the input folder; no network."""
     check_repo_id(cfg.repo_id)
     manifest = check_folder(cfg.input)
     card = dataset_card(cfg.input, cfg.repo_id, manifest, cfg.pretty_name, cfg.license)
-    (Path(cfg.input) / CARD).write_text(card)
-    return upload_plan(cfg.input), manifest
+    staging = Path(staging) if staging else Path(tempfile.mkdtemp(prefix="mrt-star-push-"))
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / CARD).write_text(card)
+    return upload_plan(cfg.input, staging / CARD), manifest
 
 
 def _payload(src: Path) -> str | bytes:
@@ -245,14 +255,25 @@ def run_push(cfg: PushConfig) -> Path:
     from mrt_star.console import comparison_table, console
 
     plan, manifest = prepare_push(cfg)
-    comparison_table(f"push {cfg.input} → hf.co/datasets/{cfg.repo_id}" + (" (dry run: nothing uploaded)"
-                                                                          if cfg.dry_run else ""),
+    card = plan[-1][0]
+    comparison_table(scrub(f"push {cfg.input} → hf.co/datasets/{cfg.repo_id}" + (" (dry run: nothing uploaded)"
+                                                                                if cfg.dry_run else "")),
                      ["path in repository", "local file", "bytes"],
                      [[dest, scrub(str(src)), src.stat().st_size] for src, dest in plan])
     if cfg.dry_run:
-        console.print(f"dry run: the card is at {scrub(str(Path(cfg.input) / CARD))}; nothing was uploaded")
+        console.print(f"dry run: the card is at {scrub(str(card))} (the input folder is unchanged); nothing was "
+                      f"uploaded")
         return Path(cfg.input)
+    try:
+        return _upload(cfg, plan, manifest)
+    finally:
+        shutil.rmtree(card.parent, ignore_errors=True)
+
+
+def _upload(cfg: PushConfig, plan: list[tuple[Path, str]], manifest: dict[str, Any]) -> Path:
     from huggingface_hub import CommitOperationAdd, HfApi
+
+    from mrt_star.console import console
 
     api = HfApi()
     message = cfg.commit_message or f"Upload {manifest.get('stage')} dataset (mrt-star)"
@@ -268,5 +289,5 @@ def run_push(cfg: PushConfig) -> Path:
             raise
         raise _hub_error(err) from None
     url = getattr(info, "commit_url", None) or f"https://huggingface.co/datasets/{cfg.repo_id}"
-    console.print(f"pushed {len(plan)} files to {url}")
+    console.print(scrub(f"pushed {len(plan)} files to {url}"))
     return Path(cfg.input)

@@ -192,20 +192,21 @@ def _table(results: list[dict[str, Any]]) -> None:
 
 def run_loop(cfg: RunConfig) -> Path:
     """Run `rounds` rounds for each rule and return the run folder (resumable at stage granularity)."""
+    from mrt_star import output_guard
     from mrt_star.models import resolve_model
     from mrt_star.store import StoreError, resume_or_refuse
 
     check_run(cfg)
     run_dir = Path(cfg.output or "runs/mrt-star")
     settings = run_dir / "run_config.json"
-    if run_dir.exists() and any(run_dir.iterdir()) and not settings.exists():
+    output_guard.check_not_file(run_dir)
+    if output_guard.has_content(run_dir) and not settings.exists():
         raise StoreError(f"{run_dir} exists and is not an mrt-star run folder; choose another --output")
+    output_guard.acquire(run_dir)  # one run per folder until the process exits
     current = config_to_dict(cfg)
     old = {"config": json.loads(settings.read_text())} if settings.exists() else None
     if resume_or_refuse(run_dir, "a run", old, {"config": current}, cfg.overwrite) == "fresh" and settings.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
+        output_guard.remove_ours(run_dir, "run")  # refuses anything mrt-star did not write
     run_dir.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(current, indent=2) + "\n")
     base_model = resolve_model(cfg.model_name())

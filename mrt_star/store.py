@@ -8,16 +8,17 @@ different config into the same folder is refused unless `overwrite` is set.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import shutil
 import time
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mrt_star import __version__
+from mrt_star import __version__, output_guard
 from mrt_star.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -28,6 +29,12 @@ RESUME_NEUTRAL_KEYS = ("overwrite", "output", "progress")
 
 class StoreError(UserError):
     """An output folder that cannot be opened as asked."""
+
+
+def check_output_path(path: str | Path) -> None:
+    """Raise StoreError now (before any model load) when an output path names an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise StoreError(f"output: {path} is an existing file, not a folder; choose another --output")
 
 
 def _canonical(obj: Any) -> str:
@@ -92,11 +99,20 @@ class Store:
         self.config = config
         self.input_fingerprint = input_fingerprint
         self._started = time.time()
+        check_output_path(self.path)
+        if output_guard.has_content(self.path) and output_guard.kind_of(self.path) != "stage":
+            found = "a manifest.json mrt-star did not write" if (self.path / MANIFEST).exists() else "no manifest.json"
+            raise StoreError(f"{self.path} exists and is not an mrt-star output folder ({found}); "
+                             f"{'nothing was removed; ' if overwrite else ''}choose another --output")
+        output_guard.acquire(self.path)  # one writer per folder until finish() or process exit
+        weakref.finalize(self, output_guard.release, self.path)
         self.manifest = self._open(overwrite)
 
     # -- opening --------------------------------------------------------------------------------
     def _open(self, overwrite: bool) -> dict[str, Any]:
         old = self._read_manifest()
+        if old is not None and not output_guard.is_our_manifest(old) and not overwrite:
+            raise StoreError(f"{self.path} holds a {MANIFEST} that mrt-star did not write; choose another --output")
         if old is not None and old.get("stage") != self.stage and not overwrite:
             raise StoreError(f"{self.path} already holds a {old.get('stage')} output; pass --overwrite to replace "
                              f"it, or choose another --output")
@@ -104,19 +120,21 @@ class Store:
         if old is not None and resume_or_refuse(self.path, f"a {old.get('stage')} output", old, record,
                                                 overwrite) == "resume":
             old["config"] = self.config  # the same up to resume-neutral keys; keep the latest
-            old["status"] = "complete" if old.get("status") == "complete" else "running"
-            old.setdefault("resumed", 0)
-            old["resumed"] += old["status"] != "complete"
+            timings = old.setdefault("timings", {})
+            self._prior_seconds = float(timings.get("seconds_total", timings.get("seconds_last_run", 0.0)) or 0.0)
+            if old.get("status") != "complete":  # a run that continues a partial output
+                old["status"] = "running"
+                old["resumed"] = int(old.get("resumed", 0)) + 1
+                self._write_manifest(old)
             return old
-        if self.path.exists() and overwrite:
-            self._clear()
-        elif self.path.exists() and any(self.path.iterdir()) and old is None:
-            raise StoreError(f"{self.path} exists and is not an mrt-star output folder; choose another --output")
+        self._prior_seconds = 0.0
+        if overwrite and output_guard.has_content(self.path):
+            output_guard.remove_ours(self.path, "stage")  # refuses folders and files mrt-star did not write
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = {
             "stage": self.stage, "status": "running", "mrt_star_version": __version__,
             "config": self.config, "input_fingerprint": self.input_fingerprint,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings": {}, "counts": {}, "summary": {},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings": {}, "counts": {}, "summary": {}, "resumed": 0,
         }
         self._write_manifest(manifest)
         return manifest
@@ -129,11 +147,6 @@ class Store:
             return json.loads(p.read_text())
         except json.JSONDecodeError:
             raise StoreError(f"{p} is not valid JSON; delete the folder or pass --overwrite") from None
-
-    def _clear(self) -> None:
-        if not (self.path / MANIFEST).exists() and any(self.path.iterdir()):
-            raise StoreError(f"refusing to --overwrite {self.path}: it is not an mrt-star output folder")
-        shutil.rmtree(self.path)
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         _atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
@@ -162,9 +175,22 @@ class Store:
             return final.with_suffix(".empty")
         table = pa.Table.from_pylist(rows, schema=schema)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+        except OSError as err:  # disk full, read-only folder: no partial shard, one line, resume later
+            tmp.unlink(missing_ok=True)
+            reason = err.strerror or errno.errorcode.get(err.errno or 0, "") or str(err)
+            raise StoreError(f"{self.path}: cannot write shard {index} ({reason}); free space or fix the folder's "
+                             f"permissions, then re-run the same command to resume") from None
+        self._record_time()
         return final
+
+    def _record_time(self) -> None:
+        """Keep the manifest's total time current, so a killed run's time still counts after a resume."""
+        self.manifest.setdefault("timings", {})["seconds_total"] = round(
+            self._prior_seconds + time.time() - self._started, 3)
+        self._write_manifest(self.manifest)
 
     def finish(self, summary: dict[str, Any] | None = None, counts: dict[str, Any] | None = None) -> Path:
         """Mark the output complete with its counts, timings and summary; return the folder."""
@@ -172,10 +198,13 @@ class Store:
             stray.unlink(missing_ok=True)
         self.manifest["status"] = "complete"
         self.manifest["counts"] = {"rows": count_rows(self.path), "shards": len(shard_files(self.path)), **(counts or {})}
-        self.manifest["timings"]["seconds_last_run"] = round(time.time() - self._started, 3)
+        timings = self.manifest.setdefault("timings", {})
+        timings["seconds_last_run"] = round(time.time() - self._started, 3)
+        timings["seconds_total"] = round(self._prior_seconds + timings["seconds_last_run"], 3)
         self.manifest["summary"] = summary or {}
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._write_manifest(self.manifest)
+        output_guard.release(self.path)
         return self.path
 
 
@@ -199,6 +228,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _unfinished(path: str | Path, stage: Any, prefix: str) -> str:
+    """Return the message for reading an unfinished output: still being written (by whom), or stopped."""
+    pid = output_guard.writer_pid(path)
+    if pid is not None:
+        return (f"{prefix}{path} is still being written by `mrt-star {stage}` (pid {pid}); wait for it to finish, "
+                f"then run this again")
+    return f"{prefix}{path} is an unfinished {stage} output (it was stopped); re-run `mrt-star {stage}` to finish it"
+
+
 def read_stage_input(path: str | None, stages: tuple[str, ...], verb: str,
                      needed: tuple[str, ...] | dict[str, tuple[str, ...]] = ()) -> dict[str, Any]:
     """Return the manifest of `path` after checking it is a finished output of one of `stages` with `needed` columns.
@@ -217,8 +255,7 @@ def read_stage_input(path: str | None, stages: tuple[str, ...], verb: str,
     if stage not in stages:
         raise StoreError(f"input: {path} is a {stage!r} output; {verb} reads the output of {wanted}")
     if manifest.get("status") != "complete":
-        raise StoreError(f"input: {path} is an unfinished {stage} output (still being written, or stopped); "
-                         f"re-run `mrt-star {stage}` to finish it")
+        raise StoreError(_unfinished(path, stage, "input: "))
     columns = needed.get(stage, ()) if isinstance(needed, dict) else needed
     shards = shard_files(path)
     if shards and columns:
@@ -236,7 +273,7 @@ def read_rows(path: str | Path, require_complete: bool = True) -> list[dict[str,
 
     manifest = read_manifest(path)
     if require_complete and manifest.get("status") != "complete":
-        raise StoreError(f"{path} is an unfinished {manifest.get('stage')} output; re-run that stage to finish it")
+        raise StoreError(_unfinished(path, manifest.get("stage"), ""))
     rows: list[dict[str, Any]] = []
     for shard in shard_files(path):
         rows.extend(pq.read_table(shard).to_pylist())

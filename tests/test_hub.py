@@ -46,7 +46,7 @@ def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path):
     assert CITATION in card and "2503.07572" in card and "Qu" in card
 
 
-def test_dry_run_writes_the_card_and_lists_files_without_network(tmp_path, monkeypatch, capsys):
+def test_dry_run_stages_the_card_outside_the_input_and_lists_files_without_network(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     def no_network(*a, **k):
@@ -55,12 +55,33 @@ def test_dry_run_writes_the_card_and_lists_files_without_network(tmp_path, monke
     for name in ("create_repo", "create_branch", "create_commit", "upload_folder"):
         monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
     folder = _sft_folder(tmp_path / "sft")
-    plan, _ = prepare_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True))
+    before = sorted(p.name for p in (tmp_path / "sft").iterdir())
+    plan, _ = prepare_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True), staging=tmp_path / "stage")
     assert [dest for _, dest in plan] == ["data/shard-00000.parquet", "data/shard-00001.parquet", "manifest.json",
                                           "README.md"]
+    assert plan[-1][0] == tmp_path / "stage" / "README.md" and plan[-1][0].read_text().startswith("---\n")
     run_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True))
-    assert (tmp_path / "sft" / "README.md").read_text().startswith("---\n")
-    assert "data/shard-00001.parquet" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "sft").iterdir()) == before  # pushing never writes into the data
+    err = " ".join(capsys.readouterr().err.split())
+    assert "data/shard-00001.parquet" in err and "the input folder is unchanged" in err
+    card = err.split("the card is at ")[1].split(" ")[0]
+    assert card.endswith("README.md") and not card.startswith(str(tmp_path / "sft"))
+
+
+def test_token_shaped_values_anywhere_in_the_config_are_scrubbed_from_card_and_logs(tmp_path, capsys):
+    import json
+
+    other = "hf_" + "Zq9" * 12  # not the environment's token: scrubbed because of its shape
+    folder = _sft_folder(tmp_path / "sft")
+    manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    manifest["config"]["engine_options"] = {"nested": {"api_key": other}, "list": [other]}
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps(manifest))
+    plan, _ = prepare_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True), staging=tmp_path / "s")
+    card = plan[-1][0].read_text()
+    assert other not in card and "hf_***" in card and "engine_options" in card
+    run_push(PushConfig(input=folder, repo_id="me/toy-mrt", pretty_name=other, dry_run=True))
+    captured = capsys.readouterr()
+    assert other not in captured.out + captured.err
 
 
 def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch, capsys):
@@ -98,7 +119,9 @@ def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch
     assert FAKE_TOKEN.encode() not in uploaded_manifest.path_or_fileobj
     captured = capsys.readouterr()
     assert FAKE_TOKEN not in captured.out + captured.err
-    assert FAKE_TOKEN not in (tmp_path / "sft" / "README.md").read_text()
+    uploaded_card = next(op for op in commit[1][1] if op.path_in_repo == "README.md").path_or_fileobj
+    assert FAKE_TOKEN.encode() not in uploaded_card and b"rule: mrt" in uploaded_card
+    assert not (tmp_path / "sft" / "README.md").exists()
     for path in (tmp_path / "sft").rglob("*"):
         if path.is_file() and path.name != "manifest.json":  # the manifest was edited by this test itself
             assert FAKE_TOKEN.encode() not in path.read_bytes()
@@ -121,5 +144,5 @@ def test_push_cli_takes_the_folder_positionally(tmp_path):
 
     folder = _sft_folder(tmp_path / "sft")
     assert main(["push", folder, "--repo-id", "me/toy-mrt", "--dry-run"]) == 0
-    assert (tmp_path / "sft" / "README.md").exists()
+    assert not (tmp_path / "sft" / "README.md").exists()
     assert main(["push", folder, "--dry-run"]) == 2  # repo id is required
