@@ -144,7 +144,7 @@ def _unwrap(ray: Any, err: Exception) -> Exception:
 class WorkerPool:
     """N `ShardWorker` actors on the connected cluster; `run` sends shards to them with driver-side retries."""
 
-    def __init__(self, cfg: Any, factory: str, args: tuple, name: str = "mrt-star"):
+    def __init__(self, cfg: Any, factory: str, args: tuple, name: str = "stage"):
         self.ray = _import_ray()
         self.cfg, self.factory, self.args, self.name = cfg, factory, args, name
         self.resources = worker_resources(cfg, self.ray.cluster_resources())
@@ -165,7 +165,9 @@ class WorkerPool:
     def _start(self, k: int) -> Any:
         options = {**self.resources, "max_restarts": 0, "max_concurrency": 1}
         threads = int(self.resources["num_cpus"])
-        return self.actor_class.options(name=f"{self.name}-{k}", **options).remote(self.factory, self.args, threads)
+        # Named per driver process, so two runs on one cluster never clash (and a test can find a worker).
+        name = f"mrt-star-{self.name}-{os.getpid()}-{k}"
+        return self.actor_class.options(name=name, **options).remote(self.factory, self.args, threads)
 
     def _ready(self, actors: list[Any]) -> list[int]:
         try:

@@ -27,6 +27,7 @@ from mrt_star.options import (
     GradingOptions,
     ModelOptions,
     ProverOptions,
+    ScaleOptions,
     StageIO,
     episode_options,
 )
@@ -38,7 +39,7 @@ NEEDED_COLUMNS = ("problem_id", "answer", "format", "prompt", "completion")
 
 @dataclass
 class ScoreConfig(StageIO, ModelOptions, ProverOptions, EstimatorOptions, EpisodeOptions, GradingOptions,
-                  EngineOptions):
+                  EngineOptions, ScaleOptions):
     """Options of `mrt-star score` (prover, estimator, episodes, regret budgets, engine)."""
 
     RENAMED: ClassVar[dict[str, str]] = {**RENAMED, **STAGE_RENAMED["score"], "temperature": "prover_temperature",
@@ -246,6 +247,7 @@ def _default_output(cfg: ScoreConfig) -> Path:
 def run_score(cfg: ScoreConfig) -> Path:
     """Return the scored-traces folder after scoring every trace of `cfg.input` (resumable)."""
     from mrt_star.console import console, stage_progress, summary_table
+    from mrt_star.scale import check_scale, without_scale
     from mrt_star.store import Store, fingerprint, read_rows
 
     manifest = check_input(cfg)
@@ -260,7 +262,8 @@ def run_score(cfg: ScoreConfig) -> Path:
         summary_table(f"score --dry-run: {cfg.input} (nothing written, nothing sampled)", plan(rows, tokenizer, cfg))
         return output
 
-    config = {**config_to_dict(cfg), "resolved_model": model_path}
+    check_scale(cfg)
+    config = without_scale({**config_to_dict(cfg), "resolved_model": model_path})
     store = Store(output, "score", config, fingerprint(cfg.input), cfg.overwrite)
     if store.complete:
         console.print(f"score: {output} is already complete (pass --overwrite to redo it)")
@@ -269,30 +272,63 @@ def run_score(cfg: ScoreConfig) -> Path:
     todo = [i for i in range(len(shards)) if not store.is_done(i)]
     timings = store.manifest.setdefault("timings", {})
     if todo:
-        from mrt_star.engines import load_engine
-        from mrt_star.grading import Grader
-
-        engine = load_engine(cfg.engine, model_path, **engine_kwargs(cfg, manifest))
-        grader = Grader(**cfg.grader_kwargs())
         start = time.time()
-        try:
-            with stage_progress() as bar:
-                task = bar.add_task("score", total=len(rows), completed=sum(len(shards[i]) for i in range(len(shards))
-                                                                            if i not in todo), info="")
-                for i in todo:
-                    scored = score_rows(shards[i], engine, grader, cfg, seed=cfg.seed + i)
-                    store.write_shard(i, scored, schema=schema)
-                    mean_end = sum(r["j_end"] for r in scored) / len(scored)
-                    bar.update(task, advance=len(shards[i]), info=f"shard {i}: mean J end {mean_end:.2f}")
-        finally:
-            engine.close()
-            grader.close()
+        with stage_progress() as bar:
+            task = bar.add_task("score", total=len(rows), completed=sum(len(shards[i]) for i in range(len(shards))
+                                                                        if i not in todo), info="")
+
+            def write(i: int, scored: list[dict[str, Any]]) -> None:
+                store.write_shard(i, scored, schema=schema)
+                mean_end = sum(r["j_end"] for r in scored) / len(scored)
+                bar.update(task, advance=len(shards[i]), info=f"shard {i}: mean J end {mean_end:.2f}")
+
+            run = _score_on_ray if cfg.backend == "ray" else _score_here
+            timings.update(run(cfg, model_path, engine_kwargs(cfg, manifest), [(i, shards[i]) for i in todo], write))
         timings["prover_seconds"] = round(timings.get("prover_seconds", 0.0) + time.time() - start, 3)
-        timings["engine_stats"] = _stats(engine)
     summary = summarize(read_rows(output, require_complete=False), cfg)
     path = store.finish(summary, counts={"traces": len(rows)})
     summary_table(f"score: {len(rows)} traces → {output}", summary)
     return path
+
+
+class ScoreShards:
+    """A worker's job in score: one prover engine and grader that turn a shard of traces into scored rows."""
+
+    def __init__(self, cfg: ScoreConfig, model_path: str, engine_options: dict[str, Any]):
+        from mrt_star.engines import load_engine
+        from mrt_star.grading import Grader
+
+        self.cfg, self.grader = cfg, Grader(**cfg.grader_kwargs())
+        self.engine = load_engine(cfg.engine, model_path, **engine_options)
+
+    def run(self, index: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # The seed comes from the run seed and the shard alone: the same rows on any worker.
+        return score_rows(rows, self.engine, self.grader, self.cfg, seed=self.cfg.seed + index)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.grader.close()
+
+
+def _score_here(cfg: ScoreConfig, model_path: str, engine_options: dict, jobs: list, write: Any) -> dict[str, Any]:
+    """Score the shards in this process; return the timings to record (the engine's stats)."""
+    worker = ScoreShards(cfg, model_path, engine_options)
+    try:
+        for i, shard in jobs:
+            write(i, worker.run(i, shard))
+    finally:
+        worker.close()
+    return {"engine_stats": _stats(worker.engine)}
+
+
+def _score_on_ray(cfg: ScoreConfig, model_path: str, engine_options: dict, jobs: list, write: Any) -> dict[str, Any]:
+    """Score the shards on Ray workers, writing each here as it arrives; return the pool's figures."""
+    from mrt_star.scale import WorkerPool, ray_session
+
+    with ray_session(cfg), WorkerPool(cfg, "mrt_star.score:ScoreShards", (cfg, model_path, engine_options),
+                                      "score") as pool:
+        pool.run(jobs, write)
+        return {"scale": pool.stats()}
 
 
 def _stats(engine: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ and a printed comparison table.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from mrt_star.options import (
     PromptOptions,
     ProverOptions,
     SamplingOptions,
+    ScaleOptions,
     StageIO,
 )
 from mrt_star.schemas import EVAL_SAMPLES, arrow_schema
@@ -52,7 +54,7 @@ SHARDS_PER_MODEL = 10_000  # shard index = model index × this + chunk index
 
 @dataclass
 class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOptions, SamplingOptions,
-                 ProverOptions, GradingOptions, EngineOptions):
+                 ProverOptions, GradingOptions, EngineOptions, ScaleOptions):
     """Options of `mrt-star eval`."""
 
     RENAMED: ClassVar[dict[str, str]] = {**RENAMED, **STAGE_RENAMED["eval"]}
@@ -171,6 +173,33 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
 # --- the stage ----------------------------------------------------------------------------------------
 
 
+class EvalShards:
+    """A worker's job in eval: one model's engine that samples and grades a shard of items into rows."""
+
+    def __init__(self, cfg: EvalConfig, model_path: str, label: str, grader: Any = None):
+        from mrt_star.engines import load_engine
+        from mrt_star.grading import Grader
+
+        self.cfg, self.model_path, self.label = cfg, model_path, label
+        self.own_grader = grader is None  # a Ray worker grades with its own single process
+        self.grader = grader or Grader(**cfg.grader_kwargs(), workers=1)
+        self.engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs(seed=cfg.seed))
+
+    def run(self, shard: int, part: list[dict]) -> list[dict[str, Any]]:
+        cfg, engine, grader = self.cfg, self.engine, self.grader
+        seed = cfg.seed + shard % SHARDS_PER_MODEL  # from the run seed and the chunk alone: same rows on any worker
+        sampler = sample_linearized if cfg.mode == "linearized" else sample_standard
+        rows = grade_samples(engine, grader, cfg, sampler(engine, cfg, part, seed), self.label, self.model_path)
+        if cfg.budget_forcing:
+            add_budget_forcing(engine, grader, cfg, rows, seed)
+        return rows
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.own_grader:
+            self.grader.close()
+
+
 def _evaluate_model(cfg: EvalConfig, store: Any, index: int, name: str, label: str, items: list[dict],
                     grader: Any, progress: Any, task: Any) -> list[dict[str, Any]]:
     """Sample and grade one model's missing shards; return all its rows (finished shards are reused)."""
@@ -182,21 +211,24 @@ def _evaluate_model(cfg: EvalConfig, store: Any, index: int, name: str, label: s
     todo = [(i, part) for i, part in pieces if not store.is_done(index * SHARDS_PER_MODEL + i)]
     progress.update(task, advance=len(pieces) - len(todo))
     if todo:
-        from mrt_star.engines import load_engine
+        def write(shard: int, rows: list[dict[str, Any]]) -> None:
+            store.write_shard(shard, rows, schema=arrow_schema(EVAL_SAMPLES))
+            progress.update(task, advance=1, info=f"{label}: shard {shard % SHARDS_PER_MODEL + 1}/{len(pieces)}")
 
-        engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs(seed=cfg.seed))
-        try:
-            for i, part in todo:
-                progress.update(task, info=f"{label}: shard {i + 1}/{len(pieces)}")
-                seed = cfg.seed + i
-                sampler = sample_linearized if cfg.mode == "linearized" else sample_standard
-                rows = grade_samples(engine, grader, cfg, sampler(engine, cfg, part, seed), label, model_path)
-                if cfg.budget_forcing:
-                    add_budget_forcing(engine, grader, cfg, rows, seed)
-                store.write_shard(index * SHARDS_PER_MODEL + i, rows, schema=arrow_schema(EVAL_SAMPLES))
-                progress.update(task, advance=1)
-        finally:
-            engine.close()
+        jobs = [(index * SHARDS_PER_MODEL + i, part) for i, part in todo]
+        if cfg.backend == "ray":
+            from mrt_star.scale import WorkerPool
+
+            with WorkerPool(cfg, "mrt_star.eval.stage:EvalShards", (cfg, model_path, label), f"eval-{index}") as pool:
+                pool.run(jobs, write)
+                store.manifest.setdefault("timings", {})["scale"] = pool.stats()
+        else:
+            worker = EvalShards(cfg, model_path, label, grader)
+            try:
+                for shard, part in jobs:
+                    write(shard, worker.run(shard, part))
+            finally:
+                worker.close()
     return [r for r in _read_shards(store.path) if r["model"] == label]
 
 
@@ -215,6 +247,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     """Return the output folder with per-sample shards, metrics.json, plots; print the comparison table."""
     from mrt_star.console import comparison_table, console, stage_progress
     from mrt_star.models import resolve_model
+    from mrt_star.scale import check_scale, ray_session, without_scale
     from mrt_star.store import Store, fingerprint
 
     check_config(cfg)
@@ -226,7 +259,8 @@ def run_eval(cfg: EvalConfig) -> Path:
         raise UserError("input: nothing to evaluate")
     out = Path(cfg.output or "outputs/eval")
     paths = [resolve_model(name) for name in names]
-    config = {**config_to_dict(cfg), "resolved_models": paths,
+    check_scale(cfg)
+    config = {**without_scale(config_to_dict(cfg)), "resolved_models": paths,
               "model_fingerprints": [_model_fingerprint(p) for p in paths], "template_used": _default_template(cfg)}
     source = cfg.input if cfg.mode == "history" else {"items": [(it["item_id"], it["answer"]) for it in items]}
     store = Store(out, "eval", config, fingerprint(source), overwrite=cfg.overwrite)
@@ -235,7 +269,8 @@ def run_eval(cfg: EvalConfig) -> Path:
 
     results: dict[str, dict[str, Any]] = {}
     shards_per_model = -(-len(items) // cfg.shard_size)
-    with Grader(**cfg.grader_kwargs()) as grader, stage_progress() as progress:
+    cluster = ray_session(cfg) if cfg.backend == "ray" else contextlib.nullcontext()
+    with cluster, Grader(**cfg.grader_kwargs()) as grader, stage_progress() as progress:
         task = progress.add_task("eval", total=shards_per_model * len(names), info="")
         for index, (name, label) in enumerate(zip(names, labels, strict=True)):
             rows = _evaluate_model(cfg, store, index, name, label, items, grader, progress, task)
