@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="transformers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--long-trace", action="store_true", help="score one synthetic ~16k-token thinking trace "
+                        "with the likelihood estimator on toy-bpe (see long_trace)")
     args = parser.parse_args(argv)
+    if args.long_trace:
+        return long_trace(args)
 
     from dataclasses import replace
 
@@ -135,6 +139,68 @@ def main(argv: list[str] | None = None) -> int:
                       f"L·K·prefix; likelihood is {t_sample / max(t_like, 1e-9):.1f}x faster than sampling")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def long_trace(args) -> int:
+    """`--long-trace`: segment, plan (score --dry-run) and score with the likelihood estimator one synthetic
+    ~16k-token R1 thinking trace of ~45 episodes on the toy-bpe model (real BPE, real R1 template), and
+    half of it, so the time per token shows whether the cost grows linearly or quadratically."""
+    from mrt_star.console import comparison_table
+    from mrt_star.engines.base import load_tokenizer
+    from mrt_star.formats.episodes import split_episodes
+    from mrt_star.formats.prompts import prompt_messages
+    from mrt_star.models import resolve_model
+    from mrt_star.options import episode_options
+    from mrt_star.schemas import TRACES, arrow_schema
+    from mrt_star.score import ScoreConfig, plan, run_score
+    from mrt_star.store import Store, read_manifest, read_rows
+    from mrt_star.toy.bpe import synthetic_open_trace
+
+    model = resolve_model("toy-bpe")
+    tokenizer = load_tokenizer(str(model))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for paragraphs, splits in ((125, 22), (250, 44)):
+            trace = synthetic_open_trace(paragraphs, seed=args.seed)
+            tokens = len(tokenizer(trace, add_special_tokens=False)["input_ids"])
+            row = {"problem_id": f"long-{paragraphs}", "problem": "What is 3+4?", "answer": "7", "format": "open",
+                   "sample_index": 0, "prompt": prompt_messages("What is 3+4?", "open"), "completion": trace,
+                   "episodes": None, "num_tokens": tokens, "finish_reason": "stop", "final_answer": "7",
+                   "correct": True, "first_attempt_correct": None, "engine": "synthetic", "model": str(model),
+                   "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32768, "seed": args.seed}
+            traces = Path(tmp) / f"traces-{paragraphs}"
+            store = Store(traces, "generate", {"synthetic": paragraphs}, "synthetic")
+            store.write_shard(0, [row], schema=arrow_schema(TRACES))
+            store.finish()
+            cfg = ScoreConfig(input=str(traces), output=str(Path(tmp) / f"scored-{paragraphs}"), model=str(model),
+                              estimator="likelihood", max_splits=splits, seed=args.seed)
+            start = time.perf_counter()
+            episodes = split_episodes(trace, "open", episode_options(cfg))
+            t_split = time.perf_counter() - start
+            start = time.perf_counter()
+            cost = plan([row], tokenizer, cfg)
+            t_plan = time.perf_counter() - start
+            start = time.perf_counter()
+            out = run_score(cfg)
+            t_score = time.perf_counter() - start
+            scored = read_rows(out)[0]
+            stats = read_manifest(out).get("timings", {}).get("engine_stats", {})
+            results.append({"trace_tokens": tokens, "episodes": len(episodes), "segment_seconds": t_split,
+                            "dry_run_seconds": t_plan, "dry_run_prefix_tokens": cost["prefix tokens encoded (one prefill per call)"],
+                            "dry_run_prover_calls": cost["prover calls (distinct prefixes)"],
+                            "score_seconds": t_score, "tokens_encoded": stats.get("prompt_tokens_encoded"),
+                            "j_values": len(scored["j_likelihood"]),
+                            "mean_j": sum(scored["j_likelihood"]) / len(scored["j_likelihood"])})
+    half, full = results
+    comparison_table("long open trace: toy-bpe, likelihood estimator, CPU", ["measure", "half", "full"],
+                     [[k, half[k], full[k]] for k in full])
+    growth = full["score_seconds"] / max(half["score_seconds"], 1e-9)
+    token_growth = full["trace_tokens"] / half["trace_tokens"]
+    print(f"score time grew {growth:.2f}x for {token_growth:.2f}x the tokens and "
+          f"{full['episodes'] / half['episodes']:.2f}x the episodes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"long_trace": results}, indent=2) + "\n")
     return 0
 
 

@@ -6,7 +6,6 @@ on one core the first time) and reused afterwards.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from mrt_star.formats.prompts import (
     prompt_messages,
 )
 from mrt_star.progress.prover import end_forced_text, prover_queries
+from mrt_star.toy.bpe import synthetic_open_trace
 
 R1_STOP = (
     "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
@@ -287,24 +287,14 @@ def test_sft_tokens_of_context_and_target_split_cleanly(r1_tok, llama_tok):
 # --- segmentation scale --------------------------------------------------------------------------------
 
 
-def _long_open_trace(paragraphs: int, rng: random.Random) -> str:
-    words = ["the", "sum", "is", "so", "we", "get", "x", "=", "3", "+", "4", "then", "check", "value", "again"]
-    out = []
-    for i in range(paragraphs):
-        head = "Wait, let me re-check." if i % 6 == 5 else ("Alternatively," if i % 17 == 16 else "Now")
-        out.append(head + " " + " ".join(rng.choice(words) for _ in range(rng.randint(40, 70))) + ".")
-    return "<think>\n" + "\n\n".join(out) + "\n</think>\n\n\\boxed{7}"
-
-
 def test_segmenting_a_16k_token_open_trace_is_fast_and_linear(r1_tok):
-    rng = random.Random(0)
-    trace = _long_open_trace(300, rng)
+    trace = synthetic_open_trace(300, seed=0)
     assert 14_000 <= len(enc(r1_tok, trace)) <= 22_000
     t0 = time.perf_counter()
     episodes = split_episodes(trace, "open", EpisodeOptions(max_splits=48))
     small = time.perf_counter() - t0
     assert "".join(episodes) == trace and 40 <= len(episodes) <= 49
-    big = _long_open_trace(2400, rng)  # 8x longer
+    big = synthetic_open_trace(2400, seed=1)  # 8x longer
     t0 = time.perf_counter()
     assert "".join(split_episodes(big, "open")) == big
     large = time.perf_counter() - t0

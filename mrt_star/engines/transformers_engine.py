@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -208,7 +209,8 @@ class TransformersEngine(PromptText):
         """Return log P(continuation | rendered request) summed over the continuation's tokens.
 
         The continuation is tokenized on its own and appended to the prompt's tokens, the same sequence a
-        sampler would produce when it generates that text after the prompt.
+        sampler would produce when it generates that text after the prompt. Requests that share a long
+        token prefix (the prefixes of one trace) run it once: see `_shared_logprobs`.
         """
         if len(requests) != len(continuations):
             raise ValueError("continuation_logprobs: one continuation per request")
@@ -221,8 +223,12 @@ class TransformersEngine(PromptText):
             if len(seq) > self.max_context:
                 raise PromptTooLong(i, len(seq), self.max_context)
         out = [0.0] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        groups = shared_prefix_groups(seqs, conts)
+        grouped = {i for g in groups for i in g}
+        order = sorted((i for i in range(len(seqs)) if i not in grouped), key=lambda i: -len(seqs[i]))
         with self._threads(), torch.inference_mode():
+            for group in groups:
+                self._shared_logprobs([seqs[i] for i in group], [conts[i] for i in group], group, out)
             for j in range(0, len(order), self.batch_size):
                 batch = [i for i in order[j : j + self.batch_size] if conts[i]]
                 if not batch:
@@ -245,6 +251,37 @@ class TransformersEngine(PromptText):
         self.stats.requests += len(seqs)
         self.stats.generate_seconds += time.perf_counter() - start
         return out
+
+    def _shared_logprobs(self, seqs: list[list[int]], conts: list[list[int]], index: list[int],
+                         out: list[float]) -> None:
+        """Fill `out[index[k]]` for sequences that share a long token prefix with the first (the trunk).
+
+        The trunk runs once with a KV cache; each other sequence crops that cache to the tokens it shares
+        with the trunk (longest share first, so the cache only ever shrinks back) and runs only its own
+        tail. A trace's L prefixes then cost one pass over the trace plus L short tails, instead of
+        L passes over ever longer prefixes (quadratic in the trace length). The ids are the same
+        one-string encodings as in the batched path, so this is exact up to float rounding.
+        """
+        torch = self._torch
+        trunk = seqs[0]
+        shares = [len(trunk)] + [_common_prefix(s, trunk) for s in seqs[1:]]
+        cache = None
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        for k in sorted(range(len(seqs)), key=lambda k: -shares[k]):
+            seq, cont = seqs[k], conts[k]
+            # At least the last prompt token runs: its logits predict the continuation's first token.
+            start = 0 if cache is None else min(shares[k], len(seq) - len(cont) - 1)
+            if cache is not None and start < cache.get_seq_length():
+                cache.crop(start - cache.get_seq_length())  # a negative count removes tokens (every version)
+            tail = torch.tensor([seq[start:]], device=self.device)
+            keep = len(cont) + 1
+            extra = {"logits_to_keep": keep} if self._keeps_logits else {}
+            result = self.model(input_ids=tail, use_cache=True, **{cache_arg: cache},
+                                position_ids=torch.arange(start, len(seq), device=self.device)[None], **extra)
+            cache = result.cache if getattr(result, "cache", None) is not None else result.past_key_values
+            picked = result.logits[0, -keep:-1].float().log_softmax(-1)
+            out[index[k]] = float(picked.gather(-1, torch.tensor(cont, device=picked.device)[:, None]).sum())
+            self.stats.prompt_tokens_encoded += len(seq) - start
 
     def close(self) -> None:
         """Free the model's memory."""
@@ -292,6 +329,38 @@ class _StopStrings:
         if self.fired:
             done[list(self.fired)] = True
         return done
+
+
+SHARED_PREFIX_MIN_TOKENS = 512  # below this, one padded batch is cheaper than a cache walk per trace
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Return the number of leading tokens `a` and `b` have in common."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def shared_prefix_groups(seqs: Sequence[Sequence[int]], conts: Sequence[Sequence[int]],
+                         min_tokens: int = SHARED_PREFIX_MIN_TOKENS) -> list[list[int]]:
+    """Return groups of sequence indices (longest first: the trunk) that share at least `min_tokens`.
+
+    Sorting the sequences puts those with a long common prefix next to each other (the prefixes of one
+    trace); a run of neighbours sharing `min_tokens` is one group. Sequences with an empty continuation
+    have nothing to score and are left out.
+    """
+    order = sorted((i for i in range(len(seqs)) if conts[i]), key=lambda i: seqs[i])
+    groups, run = [], order[:1]
+    for a, b in itertools.pairwise(order):
+        if _common_prefix(seqs[a], seqs[b]) >= min_tokens:
+            run.append(b)
+            continue
+        groups.append(run)
+        run = [b]
+    groups.append(run)
+    return [sorted(g, key=lambda i: -len(seqs[i])) for g in groups if len(g) > 1]
 
 
 def _default_threads(model: Any, device: str) -> int | None:

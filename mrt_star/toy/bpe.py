@@ -372,4 +372,20 @@ def build_bpe_model(name: str, folder: Path | None = None, threads: int = 1) -> 
     return folder
 
 
-__all__ = ["BPE_MODELS", "build_bpe_model", "build_bpe_tokenizer", "resolve_bpe_model", "template_text"]
+def synthetic_open_trace(paragraphs: int, seed: int = 0, answer: str = "7") -> str:
+    """Return a long R1-style thinking trace (~55 BPE tokens a paragraph) for scale tests and benchmarks.
+
+    Every sixth paragraph opens with "Wait," and every seventeenth with "Alternatively,", so the open
+    format's episode cut finds reflection points all along it, as in a real thinking trace.
+    """
+    rng = random.Random(seed)
+    words = ["the", "sum", "is", "so", "we", "get", "x", "=", "3", "+", "4", "then", "check", "value", "again"]
+    out = []
+    for i in range(paragraphs):
+        head = "Wait, let me re-check." if i % 6 == 5 else ("Alternatively," if i % 17 == 16 else "Now")
+        out.append(head + " " + " ".join(rng.choice(words) for _ in range(rng.randint(40, 70))) + ".")
+    return "<think>\n" + "\n\n".join(out) + "\n</think>\n\n\\boxed{" + answer + "}"
+
+
+__all__ = ["BPE_MODELS", "build_bpe_model", "build_bpe_tokenizer", "resolve_bpe_model", "synthetic_open_trace",
+           "template_text"]
