@@ -17,8 +17,9 @@ from mrt_star.engines import ENGINES
 from mrt_star.formats.prompts import FORMATS
 from mrt_star.grading import GRADING_MODES, PERCENT_POLICIES
 
-ESTIMATORS = ("sample", "likelihood")
+ESTIMATORS = ("sample", "likelihood", "adaptive")
 BACKTRACK_UNITS = ("attempt", "step")
+REGRET_AXES = ("thinking", "parity")  # mrt_star.progress.regret.REGRET_AXES (kept cheap to import)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Old option names → their new names, for every stage (a recipe or flag that uses one fails naming the new one).
@@ -179,12 +180,25 @@ class EpisodeOptions:
                             at_least=1)
     backtrack_unit: str = option("attempt", "backtrack format: one episode per attempt (parity) or per numbered step "
                                  "(J after every step; more prover calls)", choices=BACKTRACK_UNITS)
+    paragraph_parity: bool = option(False, "parity flag, open format: paragraphs are exactly the pieces of "
+                                    "splitting the thinking on '\\n\\n' (runs of 3+ newlines and empty "
+                                    "paragraphs kept, as the reference keeps them)")
+
+
+@dataclass
+class RegretOptions:
+    """Regret (the token axis J curves are integrated on)"""
+
+    regret_axis: str = option("thinking", "token axis of the regret: thinking (thinking tokens of each prefix) or "
+                              "parity (prompt + prefix + stop text + mean forced-answer tokens, as the reference "
+                              "analysis counts)", choices=REGRET_AXES)
 
 
 def episode_options(cfg: Any) -> EpisodeOptions:
     """Return just the episode options of a stage config (what `split_episodes` takes)."""
     return EpisodeOptions(min_paragraphs=cfg.min_paragraphs, max_splits=cfg.max_splits, group_size=cfg.group_size,
-                          backtrack_unit=cfg.backtrack_unit)
+                          backtrack_unit=cfg.backtrack_unit,
+                          paragraph_parity=getattr(cfg, "paragraph_parity", False))
 
 
 @dataclass

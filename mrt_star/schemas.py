@@ -118,6 +118,15 @@ EVAL_SAMPLES = {
     "j_values": Column("list<float64>", "J at each episode end: 1 if the last answer written so far is correct"),
     "forced_tokens": Column("list<float64>", "budget forcing: token positions of the cuts (null when off)"),
     "forced_values": Column("list<float64>", "budget forcing: share of the prover's forced answers correct at each cut"),
+    "prompt_tokens": Column("int64", "tokens of the rendered prompt (the parity regret axis starts after them)"),
+    "history_variant": Column("string", "history mode: restart / backtrack-shared / backtrack-unshared / "
+                                        "no-rollout (null otherwise)"),
+    "stop_tokens": Column("int64", "budget forcing / extrapolation: tokens of the force (stop) text"),
+    "forced_answer_tokens": Column("list<float64>", "budget forcing: mean tokens of the forced answers at each cut"),
+    "extensions": Column("int64", "extrapolation: times the extension word was appended to continue the trace"),
+    "extension_tokens": Column("list<float64>", "extrapolation: the budgets (thinking tokens) an answer was forced at"),
+    "extension_values": Column("list<float64>", "extrapolation: share of forced answers correct at each budget"),
+    "extension_answer_tokens": Column("list<float64>", "extrapolation: mean forced-answer tokens at each budget"),
 }
 
 # `metrics.json` of an eval output: {"models": {label: {key: value}}}; the keys of one model's entry.
@@ -145,6 +154,20 @@ EVAL_METRICS = {
     "episode_regret_vs_maj": Column("float64", "episode-axis regret against maj@(j+1)"),
     "forced_regret": Column("map<string,float64>", "budget forcing: regret of the prover J curve (when on)"),
     "forced_accuracy_at_budget": Column("map<string,float64>", "budget forcing: prover J at each budget (when on)"),
+    "regret_axis": Column("string", "token axis of every regret: thinking or parity (prompt + prefix [+ stop text "
+                                    "+ mean answer tokens])"),
+    "episode_comparator": Column("list<float64>", "per episode j: max(maj@(j+1), J after episode j+1), the "
+                                                  "appendix's comparator"),
+    "episode_regret": Column("list<float64>", "cumulative episode-axis regret after episode j against the "
+                                              "comparator: mean over i<=j of (comparator_i - J_i)"),
+    "by_history_variant": Column("map<string,struct>", "history mode: per variant {samples, accuracy, "
+                                                       "no_answer_rate, mean_tokens}"),
+    "training_length": Column("int64", "extrapolation: the token cap of training (--max-new-tokens); budgets past "
+                                       "it are extrapolated"),
+    "extrapolation_accuracy": Column("map<string,float64>", "extrapolation: forced-answer accuracy at each budget"),
+    "extrapolation_regret": Column("map<string,float64>", "extrapolation: regret of the forced J curve at each "
+                                                          "budget"),
+    "mean_extensions": Column("float64", "extrapolation: mean times the extension word was appended per sample"),
 }
 
 DATASETS: dict[str, dict[str, Column]] = {

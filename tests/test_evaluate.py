@@ -102,7 +102,7 @@ def _traces_folder(folder, n: int = 2):
     return store.finish()
 
 
-def test_history_mode_continues_the_first_episode(tmp_path, micro_model):
+def test_history_mode_restarts_after_the_first_episode(tmp_path, micro_model):
     from mrt_star.eval.stage import run_eval
 
     traces = _traces_folder(tmp_path / "traces")
@@ -114,8 +114,11 @@ def test_history_mode_continues_the_first_episode(tmp_path, micro_model):
     assert len(rows) == 4
     given = {r["problem_id"]: r for r in read_rows(traces)}
     for row in rows:
-        first = given[row["problem_id"]]["episodes"][0]
-        assert row["completion"].startswith(first["text"]) and row["given_tokens"] == first["num_tokens"]
+        first = given[row["problem_id"]]["episodes"][0]["text"]
+        # The default variant: the first rollout, then a restart line; the continuation is graded alone.
+        assert row["completion"].startswith(first.rstrip("\n") + "\nBacktrack to beginning\n")
+        assert row["history_variant"] == "restart" and row["episodes"][0]["text"].startswith(first)
+        assert row["given_tokens"] == row["episodes"][0]["num_tokens"] > 0
 
 
 def test_bad_eval_inputs_are_refused(tmp_path):
@@ -125,7 +128,10 @@ def test_bad_eval_inputs_are_refused(tmp_path):
         run_eval(_config(models=["a", "b"], labels=["x"], output=str(tmp_path / "e1")))
     with pytest.raises(UserError, match="history mode"):
         run_eval(_config(mode="history", input=str(tmp_path / "missing"), output=str(tmp_path / "e2")))
-    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+    with pytest.raises(UserError, match="history_variants"):
+        run_eval(_config(mode="history", input=str(_traces_folder(tmp_path / "t")), history_variants=["redo"],
+                         output=str(tmp_path / "e3")))
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists() and not (tmp_path / "e3").exists()
 
 
 def test_model_flag_and_default_labels():

@@ -190,14 +190,13 @@ def episode_curve(episode_tokens: Sequence[float], episode_correct: Sequence[flo
 
 
 def curve_at(tokens: Sequence[float], values: Sequence[float], t: float, start_value: float = 0.0) -> float:
-    """Return the J curve's value at token position t (linear between points, held after the end)."""
+    """Return the J curve's value at token position t (linear between points, a step at a repeated
+    position, held after the end) — the curve whose area `mrt_star.progress.regret` integrates."""
     x0, y0 = 0.0, float(start_value)
     for x1, y1 in zip(tokens, values, strict=True):
         x1, y1 = float(x1), float(y1)
-        if x1 <= 0:  # a point at token 0 does not move the start (as in the regret's area)
-            continue
         if t < x1:
-            return y0 + (y1 - y0) * (t - x0) / (x1 - x0) if x1 > x0 else y1
+            return y0 + (y1 - y0) * (t - x0) / (x1 - x0)
         x0, y0 = x1, y1
     return y0
 
@@ -251,6 +250,30 @@ def episode_regret(values: Sequence[float], comparator: Sequence[float]) -> floa
         raise ValueError("empty curve")
     ref = [comparator[min(j, len(comparator) - 1)] for j in range(len(values))]
     return sum(r - v for r, v in zip(ref, values, strict=True)) / len(values)
+
+
+def episode_comparator(values: Sequence[float], maj: Sequence[float]) -> list[float]:
+    """Return the appendix's comparator per episode j: the better of majority voting, maj@(j+1), and
+    next-episode interpolation, the J the curve reaches one episode later (its last value held).
+
+    Both are budgets the model itself could have reached with the compute of j+1 episodes: vote over
+    j+1 independent samples, or run one more episode of the same trace.
+    """
+    if not values or not maj:
+        raise ValueError("empty curve")
+    last = len(values) - 1
+    return [max(float(maj[min(j, len(maj) - 1)]), float(values[min(j + 1, last)])) for j in range(len(values))]
+
+
+def episode_regret_curve(values: Sequence[float], comparator: Sequence[float]) -> list[float]:
+    """Return the cumulative episode-axis regret after each episode j: (1/(j+1))·Σ_{i≤j} (comparator_i − J_i)."""
+    if len(values) != len(comparator):
+        raise ValueError(f"{len(values)} J values but {len(comparator)} comparator values")
+    out, total = [], 0.0
+    for j, (v, c) in enumerate(zip(values, comparator, strict=True)):
+        total += float(c) - float(v)
+        out.append(total / (j + 1))
+    return out
 
 
 # --- budget forcing ----------------------------------------------------------------------------------

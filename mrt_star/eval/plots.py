@@ -60,9 +60,10 @@ def plot_j_curves(models: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def plot_regret(models: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Return `path`: normalized cumulative regret vs token budget (dashed: the maj@k baseline's)."""
+    """Return `path`: regret on the token axis vs budget (dashed: the maj@k baseline's), and on the episode
+    axis against the appendix's comparator (the better of maj@(j+1) and the next episode's J)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax_ep) = plt.subplots(1, 2, figsize=(10, 4))
     for i, (label, m) in enumerate(models.items()):
         budgets = sorted(m["regret"], key=float)
         ax.plot([float(b) for b in budgets], [m["regret"][b] for b in budgets], marker="o", color=f"C{i}", label=label)
@@ -70,7 +71,31 @@ def plot_regret(models: dict[str, dict[str, Any]], path: Path) -> Path:
         if maj:
             ax.plot([float(b) for b in budgets], [maj[b] for b in budgets], linestyle="--", color=f"C{i}",
                     alpha=0.6, label=f"{label}: maj@k")
-    return _finish(fig, ax, path, "token budget C", "normalized regret (lower is better)", "cumulative regret vs budget")
+        episode = m.get("episode_regret") or []
+        ax_ep.plot(range(1, len(episode) + 1), episode, marker="o", color=f"C{i}", label=label)
+    ax_ep.set_xlabel("episode j")
+    ax_ep.set_ylabel("cumulative regret vs comparator")
+    ax_ep.set_title("episode axis")
+    ax_ep.legend(fontsize="small")
+    axis = next(iter(models.values())).get("regret_axis", "thinking")
+    return _finish(fig, ax, path, f"token budget C ({axis} axis)", "normalized regret (lower is better)",
+                   "cumulative regret vs budget")
+
+
+def plot_extrapolation(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Return `path`: forced-answer accuracy (solid) and regret (dashed) per budget when thinking is extended
+    with the extension word past its end; the dotted line marks the training length."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, m) in enumerate(models.items()):
+        for key, style in (("extrapolation_accuracy", "-"), ("extrapolation_regret", "--")):
+            points = sorted(m.get(key, {}).items(), key=lambda kv: float(kv[0]))
+            ax.plot([float(b) for b, _ in points], [v for _, v in points], linestyle=style, marker="o",
+                    color=f"C{i}", label=f"{label}: {key.split('_')[1]}")
+        if m.get("training_length"):
+            ax.axvline(m["training_length"], color="grey", linestyle=":", linewidth=1)
+    return _finish(fig, ax, path, "thinking-token budget (extended with 'Wait')", "accuracy / regret",
+                   "budget-forcing extrapolation")
 
 
 def plot_at_k(models: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -90,4 +115,6 @@ def plot_all(models: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
     return [plot_accuracy_vs_tokens(models, folder / "accuracy_vs_tokens.png"),
             plot_j_curves(models, folder / "j_curves.png"),
             plot_regret(models, folder / "regret.png"),
-            plot_at_k(models, folder / "pass_maj_at_k.png")]
+            plot_at_k(models, folder / "pass_maj_at_k.png"),
+            *([plot_extrapolation(models, folder / "extrapolation.png")]
+              if any(m.get("extrapolation_accuracy") for m in models.values()) else [])]

@@ -91,35 +91,69 @@ def _writes_answer(text: str) -> bool:
     return extract_answer(text) is not None
 
 
+def _grading_plan(r: dict[str, Any], episodes: list[str], whole: bool) -> tuple[list[str], str]:
+    """Return the text graded after each episode and the text graded as the final answer.
+
+    Continued traces grade the continuation only (an answer in the given prefix does not count), except
+    the given prefix itself (episode 0) and when `whole` (the parity flag `grade_given_too`).
+    """
+    given = r["item"].get("given") or ""
+    texts, acc = [], ""
+    for j, piece in enumerate(episodes):
+        acc += piece
+        texts.append(acc if not given or whole or j == 0 else acc[len(given):])
+    return texts, (r["completion"] if not given or whole else r["completion"][len(given):])
+
+
+def _prompt_tokens(engine: Any, items: list[dict[str, Any]]) -> dict[str, int]:
+    """Return the rendered prompt's token count per item id (where the parity regret axis starts)."""
+    from mrt_star.engines.base import Request
+
+    unique = {it["item_id"]: it["prompt"] for it in items}
+    rendered = [engine.render(Request(list(p))) for p in unique.values()]
+    return dict(zip(unique, engine.count_tokens(rendered), strict=True))
+
+
 def grade_samples(engine: Any, grader: Any, cfg: Any, raw: list[dict[str, Any]], label: str,
                   model_path: str) -> list[dict[str, Any]]:
     """Return the per-sample rows: episodes, J at every episode end, final and first-attempt correctness."""
     from mrt_star.formats.episodes import split_episodes
+    from mrt_star.options import episode_options
 
     def fmt_of(r: dict[str, Any]) -> str:
         return "linearized" if cfg.mode == "linearized" else r["item"].get("format") or cfg.format
 
-    split = [split_episodes(r["completion"], fmt_of(r)) if r["completion"] else [""] for r in raw]
+    cut = episode_options(cfg) if hasattr(cfg, "paragraph_parity") else None
+    split = []
+    for r in raw:
+        given = r["item"].get("given") or ""
+        rest = r["completion"][len(given):]
+        pieces = split_episodes(rest, fmt_of(r), cut) if rest else []
+        split.append([given, *pieces] if given else (pieces or [""]))
     # A prefix's answer is the last one written, so only prefixes whose newest episode writes an answer
     # (and the whole trace) are graded; the others repeat the previous prefix's result.
+    whole = bool(getattr(cfg, "grade_given_too", False))
     pairs, plans = [], []
     for r, episodes in zip(raw, split, strict=True):
-        plan, acc = [], ""
+        texts, final_text = _grading_plan(r, episodes, whole)
+        plan = []
         for j, piece in enumerate(episodes):
-            acc += piece
-            if j == len(episodes) - 1 or j == 0 or _writes_answer(piece):
+            if j == len(episodes) - 1 or j == 0 or _writes_answer(piece) or texts[j] != texts[j - 1] + piece:
                 plan.append(len(pairs))
-                pairs.append((acc, r["item"]["answer"]))
+                pairs.append((texts[j], r["item"]["answer"]))
             else:
                 plan.append(plan[-1])
-        plans.append(plan)
+        if final_text != texts[-1]:
+            pairs.append((final_text, r["item"]["answer"]))
+        plans.append((plan, len(pairs) - 1))
     results = grader.grade_many(pairs)
+    prompt_tokens = _prompt_tokens(engine, [r["item"] for r in raw])
     rows = []
-    for r, episodes, plan in zip(raw, split, plans, strict=True):
+    for r, episodes, (plan, final_at) in zip(raw, split, plans, strict=True):
         graded = [results[i] for i in plan]
         counts = _episode_token_counts(engine, r, episodes)
         j_tokens, j_values = M.episode_curve(counts, [1.0 if g.correct else 0.0 for g in graded])
-        final, first = graded[-1], graded[0]
+        final, first = results[final_at], graded[0]
         item = r["item"]
         given_tokens = int(item.get("given_tokens") or (counts[0] if item.get("given") else 0))
         rows.append({
@@ -133,14 +167,15 @@ def grade_samples(engine: Any, grader: Any, cfg: Any, raw: list[dict[str, Any]],
             "given_tokens": given_tokens if item.get("given") else 0,
             "finish_reason": r["finish_reason"], "final_answer": final.extracted, "correct": bool(final.correct),
             "first_attempt_correct": None if first.extracted is None else bool(first.correct),
-            "j_tokens": j_tokens, "j_values": j_values,
+            "j_tokens": j_tokens, "j_values": j_values, "prompt_tokens": prompt_tokens[item["item_id"]],
+            "history_variant": item.get("history_variant"),
         })
     return rows
 
 
 def add_budget_forcing(engine: Any, grader: Any, cfg: Any, rows: list[dict[str, Any]], seed: int) -> None:
     """Add `forced_tokens`/`forced_values` to each row: J at each budget cut from forced answers."""
-    from mrt_star.formats.prompts import forced_completion_text, forced_prefix
+    from mrt_star.formats.prompts import FORCE_TEXT, forced_completion_text, forced_prefix
 
     tokenizer = engine.tokenizer
     requests, where = [], []
@@ -161,7 +196,12 @@ def add_budget_forcing(engine: Any, grader: Any, cfg: Any, rows: list[dict[str, 
     flags_of: dict[int, list[list[bool]]] = {i: [] for i in range(len(rows))}
     for i, group in zip(where, outputs, strict=True):
         flags_of[i].append([bool(next(flat).correct) for _ in group])
+    answer_tokens: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    for i, group in zip(where, outputs, strict=True):
+        answer_tokens[i].append(sum(c.completion_tokens for c in group) / len(group) if group else 0.0)
     for i, row in enumerate(rows):
         row["forced_tokens"], row["forced_values"] = M.forced_curve(row["forced_tokens"], flags_of[i])
+        row["forced_answer_tokens"] = answer_tokens[i]
+        row["stop_tokens"] = engine.count_tokens([FORCE_TEXT[row["format"]]])[0]
 
 

@@ -4,7 +4,8 @@ Modes:
 - standard: n independent traces per problem (the model decides when to stop).
 - linearized: sequential attempts; attempt i is generated with the most recent `window` attempts in
   context (sliding window, so the chain can run past the context length), up to `max_attempts`.
-- history: the input is a traces folder; the model continues each trace's first episode n times.
+- history: the input is a traces folder; the model continues each trace n times under each history variant
+  (`mrt_star.eval.history`); the continuation alone is graded unless `grade_given_too`.
 
 J curve of a sample (ours, prover-free): at the end of episode j (token position = tokens of episodes
 0..j), J_j = 1 if the last answer written in the prefix z_{0:j} is correct, else 0 — what the trace
@@ -30,18 +31,21 @@ from typing import Any, ClassVar
 
 from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
+from mrt_star.eval.extrapolate import add_extrapolation
 from mrt_star.eval.sampling import add_budget_forcing, grade_samples, sample_linearized, sample_standard
 from mrt_star.eval.summary import compute_metrics, eval_budgets, metric_key
 from mrt_star.options import (
     RENAMED,
     STAGE_RENAMED,
     EngineOptions,
+    EpisodeOptions,
     FormatOptions,
     GradingOptions,
     ModelOptions,
     ProblemOptions,
     PromptOptions,
     ProverOptions,
+    RegretOptions,
     SamplingOptions,
     ScaleOptions,
     StageIO,
@@ -54,7 +58,8 @@ SHARDS_PER_MODEL = 10_000  # shard index = model index × this + chunk index
 
 @dataclass
 class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOptions, SamplingOptions,
-                 ProverOptions, GradingOptions, EngineOptions, ScaleOptions):
+                 ProverOptions, GradingOptions, EngineOptions, EpisodeOptions, RegretOptions,
+                 ScaleOptions):
     """Options of `mrt-star eval`."""
 
     RENAMED: ClassVar[dict[str, str]] = {**RENAMED, **STAGE_RENAMED["eval"]}
@@ -66,8 +71,13 @@ class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOpt
                                "left at its default")
     labels: list[str] = option([], "display names of the models, in order (default: derived from the names)")
     mode: str = option("standard", "standard: n independent traces; linearized: sequential attempts with a "
-                       "sliding window; history: continue the first episode of each trace of a traces folder",
+                       "sliding window; history: continue each trace of a traces folder under --history-variants",
                        choices=MODES)
+    history_variants: list[str] = option(["restart"], "history mode: what the model is given before it continues "
+                                         "(comma-separated): restart, backtrack-shared, backtrack-unshared, "
+                                         "no-rollout (mrt_star/eval/history.py)")
+    grade_given_too: bool = option(False, "parity flag, history mode: grade the given prefix + continuation (an "
+                                   "answer in the prefix counts) instead of the continuation alone")
     k_values: list[int] = option([1, 2, 4], "k values for pass@k (maj@k is reported for every k up to n)",
                                  at_least=1)
     maj_mode: str = option("expected", "maj@k over all k-subsets of the n samples (expected) or the first k (first)",
@@ -76,6 +86,13 @@ class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOpt
     budgets: list[int] = option([], "token budgets for regret (default: 1/4, 1/2 and all of the token cap)",
                                 at_least=1)
     budget_forcing: bool = option(False, "also cut each trace at the budgets and force an answer (prover J curve)")
+    extrapolate: bool = option(False, "budget-forcing extrapolation: extend each trace's thinking with the "
+                               "extension word and force answers at --extrapolation-budgets (past the training "
+                               "length too)")
+    extrapolation_budgets: list[int] = option([], "extrapolation: thinking-token budgets to force answers at "
+                                              "(default: 1/2, 1, 2 and 4 times --max-new-tokens)", at_least=1)
+    extension_word: str = option("Wait", "extrapolation: the word appended to continue a trace past its end")
+    max_extensions: int = option(8, "extrapolation: at most this many extensions per trace", at_least=0)
     shard_size: int = option(16, "problems per shard (the unit a killed run resumes at)", at_least=1)
     plots: bool = option(True, "write PNG plots")
 
@@ -147,27 +164,21 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
         template = _default_template(cfg)
         return [{"item_id": p["problem_id"], "problem_id": p["problem_id"], "problem": p["problem"],
                  "answer": p["answer"], "prompt": prompt_messages(p["problem"], template)} for p in problems]
-    from mrt_star.formats.episodes import split_episodes
+    from mrt_star.eval.history import HISTORY_VARIANTS, history_items
+    from mrt_star.options import episode_options
     from mrt_star.store import read_manifest, read_rows
 
     if not cfg.input or not Path(cfg.input).is_dir():
         raise UserError("input: history mode continues traces; pass --input with a traces folder (`mrt-star generate`)")
+    unknown = [v for v in cfg.history_variants if v not in HISTORY_VARIANTS]
+    if unknown or not cfg.history_variants:
+        raise UserError(f"history_variants: {', '.join(unknown) or 'none given'}; choose from {', '.join(HISTORY_VARIANTS)}")
     manifest = read_manifest(cfg.input)
     rows = read_rows(cfg.input)
     if not rows or "completion" not in rows[0] or "prompt" not in rows[0]:
         raise UserError(f"input: {cfg.input} ({manifest.get('stage')}) has no traces (prompt, completion) to continue")
     rows = rows[: cfg.limit] if cfg.limit else rows
-    items = []
-    for row in rows:
-        episodes = row.get("episodes") or []
-        if episodes and isinstance(episodes[0], dict):
-            given, given_tokens = episodes[0]["text"], episodes[0].get("num_tokens")
-        else:
-            given, given_tokens = split_episodes(row["completion"], row.get("format") or cfg.format)[0], None
-        items.append({"item_id": f"{row['problem_id']}#{row.get('sample_index', 0)}", "problem_id": row["problem_id"],
-                      "problem": row["problem"], "answer": row["answer"], "prompt": list(row["prompt"]),
-                      "given": given, "given_tokens": given_tokens, "format": row.get("format") or cfg.format})
-    return items
+    return history_items(rows, list(cfg.history_variants), cfg.format, episode_options(cfg))
 
 
 # --- the stage ----------------------------------------------------------------------------------------
@@ -192,6 +203,8 @@ class EvalShards:
         rows = grade_samples(engine, grader, cfg, sampler(engine, cfg, part, seed), self.label, self.model_path)
         if cfg.budget_forcing:
             add_budget_forcing(engine, grader, cfg, rows, seed)
+        if cfg.extrapolate:
+            add_extrapolation(engine, grader, cfg, rows, seed)
         return rows
 
     def close(self) -> None:

@@ -38,9 +38,10 @@ def compute_metrics(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
         g = g[:n]
         flags = [r["correct"] for r in g]
         problems.append((M.vote_keys([r["final_answer"] for r in g], flags), flags, [r["num_tokens"] for r in g]))
-    curves = [(r["j_tokens"], r["j_values"]) for r in rows]
+    axis = getattr(cfg, "regret_axis", "thinking")
+    curves = [(regret_positions(r, axis), r["j_values"]) for r in rows]
     # The plot's token axis reaches the largest budget or the longest trace, whichever is longer.
-    horizon = max([max(budgets), *[r["j_tokens"][-1] for r in rows if r["j_tokens"]]])
+    horizon = max([max(budgets), *[tok[-1] for tok, _ in curves if tok]])
     grid = M.token_grid(horizon, 64)
     ks = list(range(1, n + 1))
     maj_points = M.maj_vs_tokens(problems, ks, cfg.maj_mode)
@@ -64,11 +65,62 @@ def compute_metrics(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
         "regret": {metric_key(b): v for b, v in M.mean_regret(curves, budgets).items()},
         "maj_regret": {metric_key(b): v for b, v in M.maj_curve_regret(maj_points, budgets).items()},
         "episode_regret_vs_maj": M.episode_regret(j_by_episode, [p["maj"] for p in maj_points]),
+        "regret_axis": axis,
     }
+    comparator = M.episode_comparator(j_by_episode, [p["maj"] for p in maj_points])
+    out["episode_comparator"] = comparator
+    out["episode_regret"] = M.episode_regret_curve(j_by_episode, comparator)
+    if rows[0].get("history_variant"):
+        out["by_history_variant"] = history_breakdown(rows)
     if rows[0].get("forced_tokens") is not None:
-        forced = [(r["forced_tokens"], r["forced_values"]) for r in rows if r.get("forced_tokens")]
+        forced = [(regret_positions(r, axis, "forced"), r["forced_values"]) for r in rows if r.get("forced_tokens")]
         out["forced_regret"] = {metric_key(b): v for b, v in M.mean_regret(forced, budgets).items()} if forced else {}
         out["forced_accuracy_at_budget"] = {metric_key(b): M.mean_curve(forced, [b])[0] for b in budgets} if forced else {}
+    if rows[0].get("extension_tokens") is not None:
+        out.update(extrapolation_metrics(rows, cfg, axis))
     return out
+
+
+def regret_positions(row: dict[str, Any], axis: str, curve: str = "j") -> list[float]:
+    """Return the token positions of one row's J curve (`j`, `forced` or `extension`) on the regret axis.
+
+    Parity puts each point after the rendered prompt; a forced curve's point also after the stop text
+    and the mean tokens of its forced answers (the reference analysis's token count).
+    """
+    from mrt_star.progress.regret import token_axis
+
+    tokens = row[f"{curve}_tokens"]
+    if curve == "j":
+        return token_axis(tokens, axis, prompt_tokens=row.get("prompt_tokens") or 0)
+    return token_axis(tokens, axis, prompt_tokens=row.get("prompt_tokens") or 0, stop_tokens=row.get("stop_tokens") or 0,
+                      answer_tokens=row.get(f"{curve}_answer_tokens") or [0.0] * len(tokens))
+
+
+def history_breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Return {variant: {samples, accuracy, no_answer_rate, mean_tokens}} of history-mode rows."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[r["history_variant"]].append(r)
+    return {v: {"samples": len(g), "accuracy": sum(r["correct"] for r in g) / len(g),
+                "no_answer_rate": sum(r["final_answer"] is None for r in g) / len(g),
+                "mean_tokens": sum(r["num_tokens"] for r in g) / len(g)} for v, g in by.items()}
+
+
+def extrapolation_metrics(rows: list[dict[str, Any]], cfg: Any, axis: str) -> dict[str, Any]:
+    """Return forced-answer accuracy and regret at each extrapolation budget (past the training length too)."""
+    from mrt_star.eval.extrapolate import extrapolation_budgets
+
+    curves = [(regret_positions(r, axis, "extension"), r["extension_values"]) for r in rows if r.get("extension_tokens")]
+    budgets = extrapolation_budgets(cfg)
+    if not curves:
+        return {"training_length": cfg.max_new_tokens, "extrapolation_accuracy": {}, "extrapolation_regret": {},
+                "mean_extensions": 0.0}
+    # Accuracy at a budget is read at the budget's own cut (thinking tokens), regret on the chosen axis.
+    at = {b: [r["extension_values"][r["extension_tokens"].index(float(b))] for r in rows
+              if r.get("extension_tokens") and float(b) in r["extension_tokens"]] for b in budgets}
+    return {"training_length": cfg.max_new_tokens,
+            "extrapolation_accuracy": {metric_key(b): sum(v) / len(v) for b, v in at.items() if v},
+            "extrapolation_regret": {metric_key(b): v for b, v in M.mean_regret(curves, budgets).items()},
+            "mean_extensions": sum(r.get("extensions") or 0 for r in rows) / len(rows)}
 
 

@@ -23,12 +23,14 @@ from mrt_star.formats.prompts import (
 @dataclass(frozen=True)
 class EpisodeOptions:
     """Segmentation knobs: open-ended thinking (parity: min 3 paragraphs, ≤45–49 splits, groups of 3–5) and the
-    unit of a backtracking trace (parity: one episode per attempt; `step`: one per numbered step)."""
+    unit of a backtracking trace (parity: one episode per attempt; `step`: one per numbered step).
+    `paragraph_parity`: open paragraphs are exactly `thinking.split("\\n\\n")` (empty ones count)."""
 
     min_paragraphs: int = 3
     max_splits: int = 48
     group_size: int = 1
     backtrack_unit: str = "attempt"
+    paragraph_parity: bool = False
 
 
 BACKTRACK_UNITS = ("attempt", "step")
@@ -78,17 +80,9 @@ def _split_linearized(trace: str) -> list[str]:
 def _split_open(trace: str, options: EpisodeOptions) -> list[str]:
     close = trace.find(THINK_CLOSE)
     thinking_end = close if close >= 0 else len(trace)
-    # Paragraph starts: after each blank-line separator inside the thinking block.
-    para_starts, pos = [], trace.find(PARAGRAPH_SEPARATOR)
-    while 0 <= pos < thinking_end:
-        start = pos + len(PARAGRAPH_SEPARATOR)
-        while start < thinking_end and trace[start] == "\n":
-            start += 1
-        if start < thinking_end:
-            para_starts.append(start)
-        pos = trace.find(PARAGRAPH_SEPARATOR, start)
+    starts = _parity_paragraph_starts if getattr(options, "paragraph_parity", False) else _paragraph_starts
     splits, paragraphs_in_episode = [], 1
-    for start in para_starts:
+    for start in starts(trace, thinking_end):
         opens_with_marker = trace.startswith(RECONSIDER_MARKERS, start)
         if opens_with_marker and paragraphs_in_episode >= options.min_paragraphs:
             splits.append(start)
@@ -99,6 +93,29 @@ def _split_open(trace: str, options: EpisodeOptions) -> list[str]:
     if options.group_size > 1:
         splits = splits[options.group_size - 1 :: options.group_size]
     return _cut(trace, splits)
+
+
+def _paragraph_starts(trace: str, thinking_end: int) -> list[int]:
+    # After each blank-line separator, skipping further newlines (a run of them is one separator).
+    out, pos = [], trace.find(PARAGRAPH_SEPARATOR)
+    while 0 <= pos < thinking_end:
+        start = pos + len(PARAGRAPH_SEPARATOR)
+        while start < thinking_end and trace[start] == "\n":
+            start += 1
+        if start < thinking_end:
+            out.append(start)
+        pos = trace.find(PARAGRAPH_SEPARATOR, start)
+    return out
+
+
+def _parity_paragraph_starts(trace: str, thinking_end: int) -> list[int]:
+    # Where the pieces of `trace[:thinking_end].split("\n\n")` after the first begin: "a\n\n\nb" gives
+    # "a", "\nb" (no marker at its start); "a\n\n\n\nb" gives "a", "", "b" (the empty one counts).
+    out, pos = [], 0
+    for piece in trace[:thinking_end].split(PARAGRAPH_SEPARATOR)[:-1]:
+        pos += len(piece) + len(PARAGRAPH_SEPARATOR)
+        out.append(pos)
+    return out
 
 
 def _cut(text: str, starts: list[int]) -> list[str]:

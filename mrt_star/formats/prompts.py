@@ -27,6 +27,8 @@ PROMPT_TEMPLATES: dict[str, str] = {
         "be of the form \\boxed{{ANSWER}} where ANSWER is the answer to the problem.\n\n{problem}"
     ),
     "open": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    # Parity: the reference prompts thinking models with the problem alone (`--prompt-template open-parity`).
+    "open-parity": "{problem}",
     # Toy world: the format is named by a short tag so one tiny model learns all three formats.
     "toy-backtrack": "[backtrack] {problem}",
     "toy-linearized": "[linearized] {problem}",

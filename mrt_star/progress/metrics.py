@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mrt_star.progress.regret import regret_at_budgets
+from mrt_star.progress.regret import regret_at_budgets, token_axis
 
 
 def j_from_samples(correct: Sequence[bool]) -> float:
@@ -46,12 +46,19 @@ def cumulative_progress(j_values: Sequence[float]) -> float:
 
 
 def trace_metrics(j_values: Sequence[float], episode_tokens: Sequence[int], budgets: Sequence[float],
-                  threshold: float = 0.5) -> dict[str, Any]:
-    """Return the scored-trace columns computed from one trace's J curve (see `schemas.SCORED`)."""
+                  threshold: float = 0.5, axis: str = "thinking", prompt_tokens: float = 0, stop_tokens: float = 0,
+                  answer_tokens: Sequence[float] | None = None) -> dict[str, Any]:
+    """Return the scored-trace columns computed from one trace's J curve (see `schemas.SCORED`).
+
+    `axis` places each prefix for the regret (`mrt_star.progress.regret.token_axis`): `thinking` at its
+    thinking tokens, `parity` at prompt + prefix + stop text + `answer_tokens[j]` (the mean forced-answer
+    tokens of prefix j). `j_tokens` stays the thinking-token position either way.
+    """
     if len(j_values) != len(episode_tokens) + 1:
         raise ValueError(f"{len(episode_tokens)} episodes need {len(episode_tokens) + 1} J values, got {len(j_values)}")
     tokens = j_tokens(episode_tokens)
     values = [float(v) for v in j_values]
+    positions = token_axis(tokens, axis, prompt_tokens, stop_tokens, answer_tokens)
     return {
         "j_tokens": tokens,
         "j_values": values,
@@ -60,8 +67,8 @@ def trace_metrics(j_values: Sequence[float], episode_tokens: Sequence[int], budg
         "j_start": values[0],
         "j_end": values[-1],
         "forced_final_correct": values[-1] > threshold,
-        # J(−1) is the first point at t=0; parity prepends (0, 0), which regret.py does itself.
-        "regret": regret_at_budgets(tokens, values, budgets) if budgets else [],
+        # Parity prepends (0, 0); J(−1) then jumps at the first position (a step, see regret.py).
+        "regret": regret_at_budgets(positions, values, budgets) if budgets else [],
     }
 
 
