@@ -10,10 +10,12 @@ import time
 
 import pytest
 
+from mrt_star.errors import UserError
 from mrt_star.store import Store, StoreError, chunk, fingerprint, read_rows, shard_files
 
 WRITER = r"""
 import sys, time
+from mrt_star.errors import UserError
 from mrt_star.store import Store, chunk
 out, delay = sys.argv[1], float(sys.argv[2])
 store = Store(out, "demo", {"n": 40, "shard_size": 4}, "fp")
@@ -89,3 +91,110 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert sorted(ids) == list(range(40)) and len(ids) == len(set(ids))
     assert not list(out.glob(".*tmp*"))
     assert json.loads((out / "manifest.json").read_text())["resumed"] == 1
+
+
+# --- output folders you can trust (issue 18) ---------------------------------------------------------
+
+
+def _wait_for_shards(out, n, proc, timeout=60):
+    """Poll the folder (not a sleep) until `n` shards are there; fail if the writer died first."""
+    deadline = time.time() + timeout
+    while len(shard_files(out)) < n:
+        assert proc.poll() is None, "the writer exited before it was expected to"
+        assert time.time() < deadline, "the writer made no progress"
+        time.sleep(0.01)
+
+
+def test_overwrite_never_removes_a_folder_mrt_star_did_not_write(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "manifest.json").write_text(json.dumps({"name": "my-app", "version": "1.0"}))
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="not an mrt-star output folder .a manifest.json mrt-star did not write"):
+            Store(project, "generate", {}, "fp", overwrite=overwrite)
+    assert (project / "src" / "main.py").read_text() == "print('mine')\n"
+    assert sorted(p.name for p in project.iterdir()) == ["manifest.json", "src"]  # not even a lock file
+
+
+def test_overwrite_removes_only_our_files_and_names_a_foreign_one(tmp_path):
+    out = tmp_path / "out"
+    store = Store(out, "demo", {"a": 1}, "fp")
+    store.write_shard(0, [{"x": 1}])
+    store.write_shard(1, [])
+    store.finish()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"refusing to --overwrite .*out: it holds notes.txt, which mrt-star did not"):
+        Store(out, "demo", {"a": 2}, "fp", overwrite=True)
+    assert (out / "shard-00000.parquet").exists() and (out / "notes.txt").exists()  # nothing was removed
+    (out / "notes.txt").unlink()
+    Store(out, "demo", {"a": 2}, "fp", overwrite=True).finish()
+    assert sorted(p.name for p in out.iterdir()) == [".mrt-star.lock", "manifest.json"]
+
+
+def test_output_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(StoreError, match="is an existing file, not a folder; choose another --output"):
+        Store(tmp_path / "taken", "demo", {}, "fp")
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid_and_readers_are_told_it_is_being_written(tmp_path):
+    from mrt_star.store import read_stage_input
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), "0.2"])
+    try:
+        _wait_for_shards(out, 1, proc)
+        for config in ({"n": 40, "shard_size": 4}, {"other": 1}):  # same or different config: both refused
+            with pytest.raises(UserError, match=rf"being written by another mrt-star process \(pid {proc.pid}\)"):
+                Store(out, "demo", config, "fp")
+        with pytest.raises(StoreError, match=rf"still being written by `mrt-star demo` \(pid {proc.pid}\); wait"):
+            read_stage_input(str(out), ("demo",), "score")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(StoreError, match="it was stopped.*re-run `mrt-star demo`"):
+        read_stage_input(str(out), ("demo",), "score")
+    store = Store(out, "demo", {"n": 40, "shard_size": 4}, "fp")  # the kernel dropped the dead writer's lock
+    assert store.manifest["resumed"] == 1
+
+
+def test_resumes_are_all_counted_and_time_adds_up_over_runs(tmp_path):
+    out = tmp_path / "out"
+    for kill_after in (2, 5):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), "0.1"])
+        _wait_for_shards(out, kill_after, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_seconds = json.loads((out / "manifest.json").read_text())["timings"]["seconds_total"]
+    assert killed_seconds >= 0.4  # at least the 5 shard delays of the killed runs are on record
+    subprocess.run([sys.executable, "-c", WRITER, str(out), "0.1"], check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"] == 2
+    timings = manifest["timings"]
+    assert timings["seconds_total"] >= killed_seconds + timings["seconds_last_run"] - 0.01
+    assert sorted(r["id"] for r in read_rows(out)) == list(range(40))
+
+
+def test_a_failed_write_leaves_no_partial_shard_and_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    store = Store(tmp_path / "out", "demo", {}, "fp")
+    store.write_shard(0, [{"x": 1}])
+
+    def disk_full(table, where, *a, **k):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a shard")  # what a full disk leaves behind
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(StoreError, match=r"cannot write shard 1 \(No space left on device\); free space") as info:
+        store.write_shard(1, [{"x": 2}])
+    assert "\n" not in str(info.value)
+    assert [p.name for p in (tmp_path / "out").iterdir() if "shard" in p.name] == ["shard-00000.parquet"]
+    monkeypatch.undo()
+    store.write_shard(1, [{"x": 2}])  # the same command resumes once the disk has room
+    store.finish()
+    assert [r["x"] for r in read_rows(tmp_path / "out")] == [1, 2]
