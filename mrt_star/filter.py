@@ -3,12 +3,14 @@
 Rules (all group traces by problem):
 - `star`: every trace whose own final answer is correct (the outcome-only STaR baseline).
 - `shortest`: the shortest correct trace of each problem (a control: "most progress" must beat it).
-- `mrt`: traces that are correct (their own final answer) and correct after forced termination at the
-  end (J_end above `min_j_end`), ranked by cumulative progress; the best `per_problem` are kept.
-  Cumulative progress telescopes to J_end − J_start, and J_end is near 1 for any trace whose boxed answer
-  is right, so among correct traces this ranking mostly falls to its tie-break (fewer tokens).
-  `rank_by: regret` ranks by the shape of the J curve instead (lowest regret: J high early). Optional: a minimum per-episode progress, and what to do with trailing episodes of negative progress
-  (keep them, drop the trace, or trim them off).
+- `mrt`, `mrt_level: episode` (default): correct traces cut at their best prefix (J's peak) and closed with
+  the force text and a correct forced answer, traces that lose more than `max_unrecovered_loss` of J for
+  good rejected, a problem's candidates ranked by the area under their kept J curve (lowest regret).
+- `mrt`, `mrt_level: trace`: whole traces correct after forced termination at the end (J_end above
+  `min_j_end`), ranked by cumulative progress — which telescopes to J_end − J_start, so among correct
+  traces it mostly falls to its tie-break (fewer tokens) — or by scored regret (`rank_by: regret`); what to
+  do with trailing episodes of negative progress (keep, drop the trace, trim them off).
+  Both levels: the best `per_problem` are kept; optional minimum per-episode and cumulative progress.
 
 To compare rules at equal SFT sizes, `match_count_of` (another SFT output) or `max_rows` cuts the kept
 rows to a target count, taking problems round-robin (every problem's best row before any second one).
@@ -23,6 +25,7 @@ from typing import Any
 from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
 from mrt_star.filter_rules import (
+    MRT_LEVELS,
     RANK_BY,
     RULES,
     TIE_BREAKS,
@@ -44,20 +47,27 @@ class FilterConfig(StageIO, GradingOptions):
 
     rule: str = option("mrt", "which traces to keep: mrt (most progress), star (every correct trace), shortest "
                        "(shortest correct trace per problem)", choices=RULES)
-    per_problem: int = option(1, "mrt: traces kept per problem, most cumulative progress first", at_least=1)
-    min_j_end: float = option(0.5, "mrt: keep traces whose J after the whole trace exceeds this (correct after "
-                              "forced termination)")
+    mrt_level: str = option("episode", "mrt: episode (cut each trace at its best prefix, close it with a forced "
+                            "answer, rank by area under J; DESIGN.md §1) or trace (whole traces ranked by cumulative "
+                            "progress, the first implementation)", choices=MRT_LEVELS)
+    per_problem: int = option(1, "mrt: traces kept per problem, best first", at_least=1)
+    min_j_end: float = option(0.5, "mrt: keep traces whose J after the whole trace (episode level: at the cut) "
+                              "exceeds this (correct after forced termination; parity 0.5)")
+    max_unrecovered_loss: float | None = option(0.25, "mrt episode level: reject a trace that loses more than this "
+                                                "much J after some prefix and never wins it back (ours: above one "
+                                                "K=4 sampling step; 0: any unrecovered loss; none: off)", at_least=0)
     require_correct: bool = option(True, "mrt: the trace's own final answer must be correct too")
     min_progress: float | None = option(None, "mrt: drop traces with an episode whose progress is below this "
                                         "(e.g. 0: never lose ground); none: no per-episode requirement")
     min_cumulative_progress: float | None = option(None, "mrt: drop traces whose cumulative progress is below this")
-    trailing: str = option("keep", "mrt: trailing episodes with negative progress: keep them, drop the trace, or "
+    trailing: str = option("keep", "mrt trace level: trailing episodes with negative progress: keep them, drop the trace, or "
                            "trim them off (the trimmed trace must still end correct)", choices=TRAILING)
-    rank_by: str = option("progress", "mrt: order a problem's candidates by most cumulative progress (J end − J "
-                          "start) or by lowest regret at `regret_budget` (J high early on the token axis)",
-                          choices=RANK_BY)
-    regret_budget: int | None = option(None, "mrt with rank_by regret: the scored budget to rank at; none: the "
-                                       "largest one scored")
+    rank_by: str = option("auto", "mrt: order a problem's candidates by most cumulative progress (J end − J "
+                          "start) or by lowest regret at `regret_budget` (J high early on the token axis); auto: "
+                          "regret at episode level, progress at trace level", choices=RANK_BY)
+    regret_budget: int | None = option(None, "mrt, ranking by regret: the budget to rank at (trace level: a scored "
+                                       "one); none: the problem's longest kept candidate (episode level) or the "
+                                       "largest budget scored (trace level)", at_least=1)
     tie_break: str = option("tokens", "mrt: among equal progress prefer fewer tokens (tokens) or the earlier sample "
                             "(index)", choices=TIE_BREAKS)
     max_per_problem: int | None = option(None, "any rule: keep at most this many rows per problem", at_least=0)

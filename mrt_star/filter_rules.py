@@ -1,8 +1,16 @@
 """The filter's rules as functions over scored trace rows: which traces each rule keeps, and what it kept in numbers.
 
 Rules (all group traces by problem): `star` keeps every correct trace, `shortest` the shortest correct one
-per problem (the control), `mrt` the correct traces that stay correct after forced termination, ranked by
-cumulative progress (or by regret: J high early). `cfg` is a `FilterConfig` (read for its rule options).
+per problem (the control), `mrt` the correct traces that make progress. `mrt` works at one of two levels:
+
+- `episode` (default, DESIGN.md §1): within a trace, keep the episodes up to the best prefix (where J peaks)
+  and close that prefix with the force text and a correct forced answer from the scorer's prover samples,
+  as the paper's forced termination does; reject a trace that loses more than `max_unrecovered_loss` of J
+  and never wins it back; rank a problem's candidates by the area under their kept J curve (lowest regret).
+- `trace`: whole traces that stay correct after forced termination, ranked by cumulative progress (which
+  telescopes to J_end − J_start, so it mostly falls to its token tie-break) or by scored regret.
+
+`cfg` is a `FilterConfig` (read for its rule options).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from mrt_star.formats.prompts import THINK_CLOSE
 RULES = ("mrt", "star", "shortest")
 TRAILING = ("keep", "drop", "trim")
 TIE_BREAKS = ("tokens", "index")
-RANK_BY = ("progress", "regret")
+RANK_BY = ("auto", "progress", "regret")
+MRT_LEVELS = ("episode", "trace")
 
 
 def by_problem(rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
@@ -124,10 +133,143 @@ def regret_at(row: dict[str, Any], budget: int | None) -> float:
 def _mrt_key(row: dict[str, Any], pick: dict[str, Any], cfg: Any) -> tuple:
     # Rounding keeps float noise (J as shares of K) from overriding the tie-break.
     progress = -round(pick["cumulative_progress"], 9)
-    first = (round(regret_at(row, cfg.regret_budget), 9), progress) if cfg.rank_by == "regret" else (progress,)
+    first = (round(regret_at(row, cfg.regret_budget), 9), progress) if rank_by(cfg) == "regret" else (progress,)
     if cfg.tie_break == "tokens":
         return *first, pick["num_tokens"], sample_index(row)
     return *first, sample_index(row)
+
+
+def rank_by(cfg: Any) -> str:
+    """Return the ranking in force: `rank_by`, where `auto` is regret at episode level and progress at trace level."""
+    if cfg.rank_by != "auto":
+        return cfg.rank_by
+    return "regret" if getattr(cfg, "mrt_level", "trace") == "episode" else "progress"
+
+
+# --- episode-level MRT ----------------------------------------------------------------------------
+
+
+def best_prefix(j_values: list[float]) -> int:
+    """Return the index (1..L) in the J curve of the first prefix where J peaks; at least one episode is kept."""
+    peak = max(j_values[1:])
+    return next(i for i in range(1, len(j_values)) if j_values[i] >= peak - 1e-9)
+
+
+def unrecovered_loss(j_values: list[float]) -> float:
+    """Return the most J lost after some prefix and never won back later: max over i of J(i−1) − max J(i..)."""
+    worst, later = 0.0, float("-inf")
+    for i in range(len(j_values) - 1, 0, -1):
+        later = max(later, j_values[i])
+        worst = max(worst, j_values[i - 1] - later)
+    return worst
+
+
+def _boxed_answer(sample: str) -> str | None:
+    """Return a step-wise forced answer up to the brace closing the force text's `\\boxed{`, or None."""
+    depth = 1
+    for i, ch in enumerate(sample):
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0:
+            return sample[: i + 1]
+    return None
+
+
+def forced_close(row: dict[str, Any], keep: int) -> str | None:
+    """Return the text that closes a trace cut after `keep` episodes: the force text and a forced answer, or None.
+
+    The answer is the scorer's shortest correct prover sample at that prefix (step-wise formats: up to the
+    box's closing brace). Under the likelihood estimator alone there are no samples; the reference answer is
+    written where that estimator scored it (force text, lead, answer, "}").
+    """
+    from mrt_star.progress.prover import ANSWER_CLOSE, prover_queries
+
+    episodes = [e["text"] for e in row["episodes"]]
+    kept = "".join(episodes[:keep])
+    query = prover_queries(list(row["prompt"]), episodes, row["format"], row["answer"])[keep]
+    if row["format"] == "open":  # an open prefix loses its trailing newlines before the stop text
+        kept = kept.rstrip("\n")
+    force = query.forced[len(kept):]
+    answers = list((row.get("prover_answers") or [[]] * (keep + 1))[keep] or [])
+    if not answers:
+        return force + query.lead + str(row["answer"]) + ANSWER_CLOSE
+    usable = []
+    for i, a in enumerate(answers):
+        text = a["text"] if row["format"] == "open" else _boxed_answer(a["text"])
+        if a.get("correct") and text:
+            usable.append((int(a.get("num_tokens") or 0), i, text))
+    return force + min(usable)[2] if usable else None
+
+
+def episode_candidate(row: dict[str, Any], cfg: Any) -> dict[str, Any] | None:
+    """Return the trace cut at its best prefix and closed with a forced answer, or None if the rule rejects it.
+
+    The returned dict carries `text`, `cumulative_progress`, `j_end` (J at the cut), `num_tokens`, `trimmed`,
+    `episodes_kept` and `kept_curve` ((tokens, J) up to the cut, for ranking by area).
+    """
+    if cfg.require_correct and not row.get("correct"):
+        return None
+    j = [float(x) for x in row["j_values"]]
+    if len(j) < 2:
+        return None
+    if cfg.max_unrecovered_loss is not None and unrecovered_loss(j) > cfg.max_unrecovered_loss + 1e-9:
+        return None
+    keep = best_prefix(j)
+    closed = forced_close(row, keep) if keep < len(j) - 1 else None
+    if closed is None:  # the peak is the end, or no correct forced answer to close a cut with: the whole trace
+        keep = len(j) - 1
+    if j[keep] <= cfg.min_j_end:
+        return None
+    progress = list(row["progress"])[:keep]
+    if cfg.min_progress is not None and any(p < cfg.min_progress for p in progress):
+        return None
+    cumulative = j[keep] - j[0]
+    if cfg.min_cumulative_progress is not None and cumulative < cfg.min_cumulative_progress:
+        return None
+    tokens = list(row.get("j_tokens") or [])
+    kept_tokens = tokens[: keep + 1] if len(tokens) == len(j) else [0] * (keep + 1)
+    if closed is None:
+        text, num_tokens, trimmed = row["completion"], int(row["num_tokens"]), False
+    else:
+        kept = "".join(e["text"] for e in row["episodes"][:keep])
+        if row["format"] == "open":
+            kept = kept.rstrip("\n")  # joined to the stop text by one blank line, as the prover saw it
+        text = kept + closed
+        # The force text and the answer are not in the trace: count them at its tokens-per-character rate.
+        rate = row["num_tokens"] / max(1, len(row["completion"]))
+        num_tokens = int(kept_tokens[-1] + round(len(closed) * rate))
+        trimmed = True
+    return {"text": text, "cumulative_progress": cumulative, "j_end": j[keep], "num_tokens": num_tokens,
+            "trimmed": trimmed, "episodes_kept": keep, "kept_curve": (kept_tokens, j[: keep + 1])}
+
+
+def kept_regret(pick: dict[str, Any], budget: float) -> float:
+    """Return the regret of a pick's kept J curve at `budget` (J held at the cut's value after it)."""
+    from mrt_star.progress.regret import normalized_regret
+
+    tokens, values = pick["kept_curve"]
+    return normalized_regret(tokens, values, budget)  # J(−1) sits at t=0 and is dropped, as when scoring
+
+
+def episode_ranked(traces: list[dict[str, Any]], cfg: Any) -> list[tuple[dict, dict]]:
+    """Return a problem's episode-level candidates, best first.
+
+    Ranked by regret of the kept J curve (area under J, J high early) at `regret_budget`, or, when that is
+    none, at the problem's longest kept candidate, so every candidate is measured on the same horizon; then
+    most cumulative progress, then the tie-break. `rank_by: progress` ranks by cumulative progress only.
+    """
+    picks = [(r, p) for r in traces if (p := episode_candidate(r, cfg)) is not None]
+    if not picks:
+        return []
+    budget = cfg.regret_budget or max(max(p["kept_curve"][0][-1], 1) for _, p in picks)
+
+    def key(rp: tuple[dict, dict]) -> tuple:
+        row, pick = rp
+        progress = -round(pick["cumulative_progress"], 9)
+        first = (round(kept_regret(pick, budget), 9), progress) if rank_by(cfg) == "regret" else (progress,)
+        last = (pick["num_tokens"], sample_index(row)) if cfg.tie_break == "tokens" else (sample_index(row),)
+        return *first, *last
+
+    return sorted(picks, key=key)
 
 
 def select(rows: list[dict[str, Any]], cfg: Any, grader: Any = None) -> list[tuple[dict, dict]]:
@@ -140,8 +282,11 @@ def select(rows: list[dict[str, Any]], cfg: Any, grader: Any = None) -> list[tup
             best = shortest_correct(traces)
             picks = [(best, _plain_pick(best))] if best else []
         else:
-            scored = [(r, p) for r in traces if (p := mrt_candidate(r, cfg, grader)) is not None]
-            scored.sort(key=lambda rp: _mrt_key(rp[0], rp[1], cfg))
+            if getattr(cfg, "mrt_level", "trace") == "episode":
+                scored = episode_ranked(traces, cfg)
+            else:
+                scored = [(r, p) for r in traces if (p := mrt_candidate(r, cfg, grader)) is not None]
+                scored.sort(key=lambda rp: _mrt_key(rp[0], rp[1], cfg))
             picks = scored[: cfg.per_problem]
         if cfg.max_per_problem is not None:
             picks = picks[: cfg.max_per_problem]

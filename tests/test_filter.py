@@ -65,14 +65,17 @@ def test_star_and_shortest():
     assert picks(FilterConfig(rule="star", max_per_problem=1)) == [("p1", 0), ("p2", 0)]
 
 
-def test_mrt_most_progress_correct_after_forcing():
-    cfg = FilterConfig(rule="mrt")
+TRACE = dict(rule="mrt", mrt_level="trace")  # the first, trace-level implementation
+
+
+def test_mrt_trace_level_most_progress_correct_after_forcing():
+    cfg = FilterConfig(**TRACE)
     assert picks(cfg) == [("p1", 1), ("p2", 1)]  # tie on p1 broken by fewer tokens
-    assert picks(FilterConfig(rule="mrt", tie_break="index")) == [("p1", 0), ("p2", 1)]
-    assert picks(FilterConfig(rule="mrt", per_problem=3)) == [("p1", 1), ("p1", 0), ("p1", 3), ("p2", 1)]
-    assert picks(FilterConfig(rule="mrt", per_problem=3, require_correct=False)) == [
+    assert picks(FilterConfig(**TRACE, tie_break="index")) == [("p1", 0), ("p2", 1)]
+    assert picks(FilterConfig(**TRACE, per_problem=3)) == [("p1", 1), ("p1", 0), ("p1", 3), ("p2", 1)]
+    assert picks(FilterConfig(**TRACE, per_problem=3, require_correct=False)) == [
         ("p1", 1), ("p1", 0), ("p1", 3), ("p2", 1), ("p2", 2)]
-    assert picks(FilterConfig(rule="mrt", per_problem=3, min_j_end=0.3))[-1] == ("p2", 0)
+    assert picks(FilterConfig(**TRACE, per_problem=3, min_j_end=0.3))[-1] == ("p2", 0)
     # p1's pick is its shortest correct trace, p2's is not.
     assert pick_equals_shortest(ROWS, select(ROWS, cfg)) == 0.5
     # A problem with a single correct trace agrees with "shortest" under any rule: counted only in the plain share.
@@ -81,22 +84,24 @@ def test_mrt_most_progress_correct_after_forcing():
     assert pick_equals_shortest(single, select(single, cfg), contested_only=True) == 0.5
 
 
-def test_mrt_can_rank_by_regret_instead_of_cumulative_progress():
+def test_mrt_trace_level_can_rank_by_regret_instead_of_cumulative_progress():
     early = _row("p5", 0, ["Line 1: 3+4=7\n", "Check Line 1: 3+4=7 ok\n\\boxed{7}"], [0.0, 1.0, 1.0], True)
     late = _row("p5", 1, ["Line 1: 3+4=7\n\\boxed{7}"], [0.0, 1.0], True)
     # Equal cumulative progress: "progress" falls back to fewer tokens; "regret" sees `early` reach J=1 sooner.
     for row, area in ((early, 14 / 2 + (36 - 14) * 1.0), (late, 24 / 2 + (36 - 24) * 1.0)):
         row["regret"] = [{"budget": 36.0, "value": 1 - area / 36}]
     rows = [late, early]
-    assert [r["sample_index"] for r, _ in select(rows, FilterConfig(rule="mrt", min_j_end=0.5))] == [1]
-    by_regret = FilterConfig(rule="mrt", min_j_end=0.5, rank_by="regret")
+    assert [r["sample_index"] for r, _ in select(rows, FilterConfig(**TRACE, min_j_end=0.5))] == [1]
+    by_regret = FilterConfig(**TRACE, min_j_end=0.5, rank_by="regret")
     assert [r["sample_index"] for r, _ in select(rows, by_regret)] == [0]
     with pytest.raises(UserError, match="regret_budget: 50 was not scored"):
-        select(rows, FilterConfig(rule="mrt", rank_by="regret", regret_budget=50))
+        select(rows, FilterConfig(**TRACE, rank_by="regret", regret_budget=50))
+    # The episode level ranks by the area under J itself (no scored regret needed): `early` too.
+    assert [r["sample_index"] for r, _ in select(rows, FilterConfig(rule="mrt", max_unrecovered_loss=None))] == [0]
 
 
-def test_mrt_progress_requirements_and_trailing_episodes():
-    many = dict(rule="mrt", per_problem=3)
+def test_mrt_trace_level_progress_requirements_and_trailing_episodes():
+    many = dict(**TRACE, per_problem=3)
     assert ("p1", 3) not in picks(FilterConfig(**many, min_progress=0.0))
     assert ("p1", 3) not in picks(FilterConfig(**many, min_cumulative_progress=0.5))
     assert ("p1", 3) not in picks(FilterConfig(**many, trailing="drop"))
@@ -112,7 +117,7 @@ def test_mrt_progress_requirements_and_trailing_episodes():
 def test_trim_open_trace_keeps_its_answer_tail():
     eps = ["<think>\nA.\n\nB.\n\nSo \\boxed{7}.\n\n", "Wait, C.\n\nD.\n\nSo \\boxed{7}.\n</think>\n\n\\boxed{7}"]
     row = _row("p9", 0, eps, [0.5, 1.0, 0.75], True, fmt="open")
-    cut = mrt_candidate(row, FilterConfig(rule="mrt", trailing="trim"))
+    cut = mrt_candidate(row, FilterConfig(**TRACE, trailing="trim"))
     assert cut["text"] == "<think>\nA.\n\nB.\n\nSo \\boxed{7}.\n</think>\n\n\\boxed{7}"
     assert cut["j_end"] == 1.0
 
@@ -173,5 +178,5 @@ def test_filter_input_checks(tmp_path):
         run_filter(FilterConfig(input=None, rule="star"))
     unfinished = Store(tmp_path / "half", "score", {}, "fp")
     unfinished.write_shard(0, ROWS)
-    with pytest.raises(UserError, match="unfinished"):
+    with pytest.raises(UserError, match="unfinished|still being written"):
         run_filter(FilterConfig(input=str(tmp_path / "half"), output=str(tmp_path / "z")))

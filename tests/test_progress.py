@@ -287,10 +287,10 @@ def test_j_progress_and_regret_by_hand():
     assert progress([0.25, 0.5, 1.0]) == [0.25, 0.5]
     assert cumulative_progress([0.25, 0.5, 1.0]) == 0.75
     m = trace_metrics([0.25, 0.5, 1.0], [10, 20], budgets=[40, 20])
-    # Parity curve: (0,0) prepended (J(-1) sits at t=0 and is dropped), (10,.5), (30,1), held after 30.
-    # C=40: area 10*.25 + 20*.75 + 10*1 = 27.5 → regret 1 - 27.5/40.  C=20: 2.5 + 10*(.5+.75)/2 = 8.75.
-    assert m["regret"] == [{"budget": 40.0, "value": pytest.approx(1 - 27.5 / 40)},
-                           {"budget": 20.0, "value": pytest.approx(1 - 8.75 / 20)}]
+    # Parity curve: (0,0) prepended, J(-1)=.25 a step at t=0 (no area), (10,.5), (30,1), held after 30.
+    # C=40: area 10*.375 + 20*.75 + 10*1 = 28.75 → regret 1 - 28.75/40.  C=20: 3.75 + 10*(.5+.75)/2 = 10.
+    assert m["regret"] == [{"budget": 40.0, "value": pytest.approx(1 - 28.75 / 40)},
+                           {"budget": 20.0, "value": pytest.approx(1 - 10 / 20)}]
     assert m["forced_final_correct"] and m["j_start"] == 0.25 and m["j_end"] == 1.0
     assert not trace_metrics([0.0, 0.5], [5], [10])["forced_final_correct"]  # 0.5 is not above 0.5
     with pytest.raises(ValueError):
@@ -442,3 +442,27 @@ def test_run_score_dry_run_and_input_checks(stage_world, monkeypatch, capsys):
     with pytest.raises(UserError, match="budgets"):
         run_score(ScoreConfig(input=traces, output=str(tmp / "o"), budgets=[0]))
     assert not (tmp / "o").exists()
+
+
+# --- the adaptive estimator (hand-worked stopping in tests/test_headline.py) ---------------------------
+
+
+def test_adaptive_estimator_spends_fewer_answers_on_clear_prefixes_and_charges_what_it_asked():
+    from mrt_star.progress.prover import wilson
+
+    rows, _, _ = _two_traces()
+    # Every prefix is clear-cut here (all right or all wrong): two answers each settle J within ±0.5/√8.
+    answers = {ANSWER_FORCE_TEXT: ["80}"] * 8, "\\boxed{86}" + ANSWER_FORCE_TEXT: ["86}"] * 8,
+               "\\boxed{84}" + ANSWER_FORCE_TEXT: ["84}"] * 8}
+    engine = ScriptedEngine({k: v[:2] for k, v in answers.items()})
+    queries = [q for r in rows for q in prover_queries(r["prompt"], split_episodes(r["completion"], "linearized"),
+                                                       "linearized", "84")]
+    results = run_prover(engine, ExactGrader(), queries, ProverOptions(k=8, estimators=("adaptive",), seed=1))
+    assert [len(r.answers) for r in results] == [2, 2, 2, 2, 2] and len(engine.generate_calls) == 1
+    assert [r.j_sample for r in results] == [0.0, 0.0, 1.0, 0.0, 1.0]
+    assert [r.charged for r in results] == [True, True, True, False, True]  # shared prefixes asked once
+    # Comparing estimators asks for sample and adaptive together: the fixed K answers serve both.
+    both = run_prover(ScriptedEngine(answers), ExactGrader(), queries, ProverOptions(k=8, estimators=("sample", "adaptive")))
+    assert [len(r.answers) for r in both] == [8] * 5
+    lo, hi = wilson(4, 8, 1.0)
+    assert lo < 0.5 < hi and (hi - lo) / 2 == pytest.approx(1 / 6)

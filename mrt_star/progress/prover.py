@@ -7,6 +7,10 @@ force text` and answers. Two estimators of J(j):
 - `likelihood` (ours): J = exp(log P(reference answer | prefix + force text + answer lead)), the
   teacher-forced probability of the reference written where the answer goes — one forward pass per
   prefix and no sampling noise, but a proxy (an equivalent form of the answer counts as wrong).
+- `adaptive` (ours): sampled forced answers asked a few at a time (`adaptive_batch`), a prefix stopping
+  once its J is known as well as K samples would know it (Wilson interval within ±0.5/√K) or the sign of
+  its progress over the previous prefix is settled (disjoint intervals), and never past K. Most prefixes
+  of a trace are clear-cut (J near 0 or 1), so most stop after the first batch.
 
 For an `open` trace the forced text follows the reference exactly (`formats.prompts.forced_prefix`): the
 prefix through episode i, one blank line, then the stop text; the empty prefix is the trace's opening
@@ -21,8 +25,9 @@ problem, duplicate traces) are asked once and their answers shared.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from mrt_star.engines.base import Completion, Request, SamplingParams
@@ -36,7 +41,7 @@ from mrt_star.formats.prompts import (
 )
 from mrt_star.progress.metrics import j_from_logprob, j_from_samples
 
-ESTIMATORS = ("sample", "likelihood")
+ESTIMATORS = ("sample", "likelihood", "adaptive")
 
 # Likelihood estimator: what is written between the force text and the answer, per format and
 # position. The step-wise force text already ends inside "\boxed{"; after the open force text ("1. **")
@@ -63,6 +68,9 @@ class ProverOptions:
     grade_prefix_too: bool = False  # parity flag: grade prefix + force text + completion
     share_prefixes: bool = True  # ask each distinct forced prefix once
     seed: int | None = None
+    adaptive_batch: int = 2  # adaptive: forced answers asked per prefix and round
+    adaptive_z: float = 1.0  # adaptive: Wilson interval half-width in standard errors
+    adaptive_epsilon: float | None = None  # adaptive: stop when J is within ±this; None: 0.5/√k (K's worst case)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class ProverQuery:
     forced: str  # prefix + force text (or the closed thinking for an open trace's end)
     lead: str  # likelihood estimator: written after `forced`, before the answer
     answer: str  # the reference answer
+    position: int = field(default=0, compare=False)  # 0: the empty prefix; i: through episode i-1 (not hashed)
 
     def messages(self, extra: str = "") -> list[dict[str, str]]:
         """Return the chat messages ending in the prefilled assistant turn (`forced` + `extra`)."""
@@ -128,7 +137,7 @@ def prover_queries(prompt: Sequence[dict[str, str]], episodes: Sequence[str], fm
             lead = LIKELIHOOD_LEAD_CLOSED.get(fmt, LIKELIHOOD_LEAD.get(fmt, ""))
         else:
             forced, lead = forced_prefix(prefix, fmt), LIKELIHOOD_LEAD.get(fmt, "")
-        out.append(ProverQuery(frozen, fmt, forced, lead, str(answer)))
+        out.append(ProverQuery(frozen, fmt, forced, lead, str(answer), position=i))
     return out
 
 
@@ -214,10 +223,14 @@ def run_prover(engine: Any, grader: GraderLike | None, queries: Sequence[ProverQ
     answered = [r for r, ok in zip(results, fits, strict=True) if ok]
     for r, ok in zip(results, fits, strict=True):
         r.skipped = not ok
-    if "sample" in options.estimators:
+    if {"sample", "adaptive"} & set(options.estimators):
         if grader is None:
-            raise ValueError("the sample estimator needs a grader")
-        for r, s in zip(answered, sample_answers(engine, grader, asked, options), strict=True):
+            raise ValueError("the sample and adaptive estimators need a grader")
+        if "sample" in options.estimators:  # both asked (comparing estimators): fixed K answers both
+            sampled = sample_answers(engine, grader, asked, options)
+        else:
+            sampled = adaptive_answers(engine, grader, asked, options, _predecessors(queries, index, fits))
+        for r, s in zip(answered, sampled, strict=True):
             r.answers, r.prompt_tokens = s.answers, s.prompt_tokens
     if "likelihood" in options.estimators:
         for r, lp in zip(answered, likelihood_logprobs(engine, asked), strict=True):
@@ -228,3 +241,71 @@ def run_prover(engine: Any, grader: GraderLike | None, queries: Sequence[ProverQ
         out.append(ProverResult(r.answers, r.prompt_tokens, r.logprob, charged=i not in charged, skipped=r.skipped))
         charged.add(i)
     return out
+
+
+# --- adaptive estimator -------------------------------------------------------------------------------
+
+
+def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    """Return the Wilson score interval of a share (successes of n) at z standard errors."""
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _predecessors(queries: Sequence[ProverQuery], index: list[int], fits: list[bool]) -> list[set[int]]:
+    """Return, per asked distinct query, the asked distinct queries of the prefixes just before it.
+
+    `queries` come trace by trace (what `prover_queries` returns, concatenated); `position` says where a
+    trace starts. Indices are among the asked queries (those that fit), the order `adaptive_answers` sees.
+    """
+    asked_at, count = {}, 0
+    for u, ok in enumerate(fits):
+        if ok:
+            asked_at[u] = count
+            count += 1
+    before: list[set[int]] = [set() for _ in range(count)]
+    for i in range(1, len(queries)):
+        here, prev = index[i], index[i - 1]
+        if queries[i].position > 0 and here in asked_at and prev in asked_at and here != prev:
+            before[asked_at[here]].add(asked_at[prev])
+    return before
+
+
+def adaptive_answers(engine: Any, grader: GraderLike, queries: Sequence[ProverQuery], options: ProverOptions,
+                     before: Sequence[set[int]] | None = None) -> list[ProverResult]:
+    """Return graded forced answers per query, asked `adaptive_batch` at a time until J is settled (≤ K each).
+
+    A query stops when its Wilson interval is within ±epsilon, when its interval is apart from that of every
+    prefix before it (`before`: the sign of its progress is clear), or at K answers. Round r samples with
+    seed + r, so the result is deterministic with the seed.
+    """
+    before = list(before) if before is not None else [set() for _ in queries]
+    eps = options.adaptive_epsilon if options.adaptive_epsilon is not None else 0.5 / math.sqrt(options.k)
+    results = [ProverResult() for _ in queries]
+    interval = [(0.0, 1.0)] * len(queries)
+    active, round_index = set(range(len(queries))), 0
+    while active:
+        size = {i: min(options.adaptive_batch, options.k - len(results[i].answers)) for i in active}
+        seed = None if options.seed is None else options.seed + round_index
+        for n in sorted(set(size.values())):
+            ids = sorted(i for i in active if size[i] == n)
+            got = sample_answers(engine, grader, [queries[i] for i in ids], replace(options, k=n, seed=seed))
+            for i, g in zip(ids, got, strict=True):
+                results[i].answers += g.answers
+                results[i].prompt_tokens += g.prompt_tokens
+        for i in active:
+            answers = results[i].answers
+            interval[i] = wilson(sum(a["correct"] for a in answers), len(answers), options.adaptive_z)
+        settled = set()
+        for i in active:
+            lo, hi = interval[i]
+            apart = bool(before[i]) and all(hi < interval[p][0] or lo > interval[p][1] for p in before[i])
+            if len(results[i].answers) >= options.k or (hi - lo) / 2 <= eps + 1e-12 or apart:
+                settled.add(i)
+        active -= settled
+        round_index += 1
+    return results
