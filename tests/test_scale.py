@@ -42,9 +42,10 @@ def local_rows(problems_file, micro_model, tmp_path_factory):
     return out, read_rows(run_generate(GenerateConfig(output=str(out), **generate_options(problems_file, micro_model))))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_cluster():
-    """A real Ray cluster on loopback, started and stopped by the test that uses it."""
+    """A real Ray cluster on loopback, started here and stopped after this module's tests (the stages use it
+    as it is: they stop only a cluster they started)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="WARNING")
     yield ray
@@ -103,6 +104,7 @@ def test_a_worker_killed_mid_run_has_its_shard_retried_elsewhere(problems_file, 
     ray.kill(ray.get_actor(sorted(victims)[0]), no_restart=True)  # as if its machine went away
     runner.join(240)
     assert "path" in result, "the run did not finish"
+    assert ray.is_initialized()  # the stage left the test's cluster running
     _, reference = local_rows
     rows = read_rows(out)
     keys = [(r["problem_id"], r["sample_index"]) for r in rows]
@@ -111,7 +113,6 @@ def test_a_worker_killed_mid_run_has_its_shard_retried_elsewhere(problems_file, 
     assert read_manifest(out)["timings"]["scale"]["retried_shards"] >= 1
 
 
-@pytest.mark.slow
 def test_a_killed_run_resumes_on_ray_at_its_missing_shards(problems_file, micro_model, local_rows, tmp_path,
                                                            local_cluster):
     reference_dir, reference = local_rows
