@@ -8,14 +8,15 @@ too long before training — the reference recipe drops them (parity) rather tha
 (2) train only on a revision's `suffix` with its `prefix` given as a prefilled assistant turn
 (`suffix_only`), which TRL's conversational prompt-completion format cannot express.
 
-Multi-GPU: the same command runs under accelerate, one process per GPU, e.g.
+Multi-GPU: the same command runs unchanged under accelerate (DDP, FSDP2, ZeRO-3), one process per GPU:
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml -m mrt_star.cli finetune \\
-        --config recipes/llama-3.1-8b-backtrack/finetune.yaml
+        --config recipes/llama-3.1-8b-instruct/backtrack/finetune.yaml
 
 Global batch = per_device_train_batch_size × gradient_accumulation_steps × number of GPUs (the
 reference 256 = 8 × 4 × 8). Every process reads and tokenizes the data (cheap); only the main process
-writes the summary, the plot and a merged LoRA model.
+writes the summary, the plot and a merged LoRA model. `--dry-run` prints the per-device memory of
+weights, gradients and AdamW states (mrt_star.finetune_memory) without loading weights.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from mrt_star.options import ModelOptions, StageIO
 SUMMARY = "training_summary.json"
 STARTED = "finetune_config.json"
 # Keys that do not change the trained model, so they never block skipping a finished output.
-NEUTRAL_KEYS = ("overwrite", "output", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
+NEUTRAL_KEYS = ("overwrite", "output", "logging_steps", "save_strategy", "save_steps", "save_total_limit",
+                "report_to", "dry_run")
+# Package each --report-to tracker needs (checked before training, not after the first logged step).
+TRACKER_PACKAGES = {"wandb": "wandb", "trackio": "trackio", "tensorboard": "tensorboard"}
 
 
 @dataclass
@@ -72,6 +76,14 @@ class FinetuneConfig(StageIO, ModelOptions):
                                   choices=("auto", "bf16", "fp16", "no"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (saves memory)")
     attn_implementation: str | None = option(None, "attention kernel, e.g. sdpa, flash_attention_2 (default: the model's)")
+    use_liger_kernel: bool = option(False, "Liger's fused Triton kernels (RMSNorm, RoPE, fused linear cross-entropy; "
+                                    "needs liger-kernel and a GPU)")
+    packing: bool = option(False, "pack several examples into each max_length row (TRL's best-fit packing; use with "
+                           "attn_implementation flash_attention_2 so packed examples do not attend to each other)")
+    report_to: str = option("none", "where training metrics go (the tracker's package must be installed)",
+                            choices=("none", "wandb", "trackio", "tensorboard"))
+    dry_run: bool = option(False, "print the per-device memory estimate (weights, gradients, AdamW states) from the "
+                           "model's config, without loading weights or training")
     logging_steps: int = option(1, "log the training loss every N steps")
     save_strategy: str = option("no", "write checkpoints during training (a killed run resumes from the last)",
                                 choices=("no", "epoch", "steps"))
@@ -199,9 +211,11 @@ def _is_main_process() -> bool:
 def _barrier() -> None:
     """Wait for every process of an `accelerate launch` run (no-op in a single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # cpu=True on a CPU launch: PartialState() would otherwise settle on "no distribution" and skip the wait.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def _last_checkpoint(out: Path) -> str | None:
@@ -235,17 +249,23 @@ def _sft_config(cfg: FinetuneConfig, out: Path, model_init_kwargs: dict[str, Any
         raise UserError(f"extra: {unknown[0]!r} is not a trl.SFTConfig field")
     if not 0 <= cfg.warmup_ratio < 1:
         raise UserError(f"warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
+    package = TRACKER_PACKAGES.get(cfg.report_to)
+    if package:
+        import importlib.util
+
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"report_to: {cfg.report_to} needs the {package} package; pip install {package}")
     kwargs = dict(
         output_dir=str(out), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        # transformers 5 reads a warmup_steps value below 1 as a ratio of the total steps.
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed, report_to="none", max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss,
-        model_init_kwargs=model_init_kwargs, **_precision(cfg),
+        save_total_limit=cfg.save_total_limit, seed=cfg.seed, report_to=cfg.report_to,
+        max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss, packing=cfg.packing,
+        use_liger_kernel=cfg.use_liger_kernel, model_init_kwargs=model_init_kwargs, **_warmup(cfg.warmup_ratio),
+        **_precision(cfg),
     )
     # transformers 5 renamed gradient_checkpointing (TRL still defaults the old name to True).
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in valid else "gradient_checkpointing"
@@ -254,18 +274,23 @@ def _sft_config(cfg: FinetuneConfig, out: Path, model_init_kwargs: dict[str, Any
     return SFTConfig(**kwargs)
 
 
+def _warmup(ratio: float) -> dict[str, float]:
+    """Return the warm-up argument that means `ratio` of the steps on the installed transformers.
+
+    transformers 5 reads a warmup_steps value below 1 as a ratio (and deprecates warmup_ratio); 4.x reads
+    it as a step count, so 0.1 would mean no warm-up at all there: 4.x gets warmup_ratio instead.
+    """
+    import transformers
+
+    return {"warmup_steps": ratio} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": ratio}
+
+
 def _lora_config(cfg: FinetuneConfig):
     from peft import LoraConfig
 
     targets = cfg.lora_target_modules
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
                       target_modules="all-linear" if targets == ["all-linear"] else list(targets))
-
-
-def _probe_indices(n: int, k: int) -> list[int]:
-    # Evenly spread over the set, the same every run.
-    k = min(k, n)
-    return sorted({int(i * n / k) for i in range(k)}) if k > 0 else []
 
 
 def _save_model(trainer: Any, cfg: FinetuneConfig, out: Path, model_path: str, tokenizer: Any) -> None:
@@ -288,29 +313,6 @@ def _save_model(trainer: Any, cfg: FinetuneConfig, out: Path, model_path: str, t
         tokenizer.save_pretrained(str(out))
 
 
-def plot_loss(losses: list[tuple[int, float]], path: Path, title: str, probe: tuple[float | None, float | None] = (None, None)) -> Path:
-    """Return the path of a PNG of the training loss per step (probe losses as dashed lines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if losses:
-        ax.plot([s for s, _ in losses], [v for _, v in losses], marker="." if len(losses) < 50 else None, label="train loss")
-    for value, name, style in ((probe[0], "probe before", ":"), (probe[1], "probe after", "--")):
-        if value is not None:
-            ax.axhline(value, linestyle=style, color="gray", label=f"{name} ({value:.3f})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Return the output folder holding the fine-tuned model, tokenizer, training_summary.json and loss.png."""
     from mrt_star.console import console, quiet_library_progress, summary_table
@@ -320,7 +322,13 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     started = time.time()
     check_config(cfg)
     if not cfg.output:
-        raise UserError("output: required; pass --output with the folder the fine-tuned model goes to")
+        if not cfg.dry_run:
+            raise UserError("output: required; pass --output with the folder the fine-tuned model goes to")
+    if cfg.dry_run:  # reads the model's config only: no data, no output folder, no weights
+        from mrt_star.finetune_memory import dry_run_report
+
+        dry_run_report(cfg, resolve_model(cfg.model_name()))
+        return Path(cfg.output or ".")
     rows = load_sft_rows(cfg.input, cfg.limit, cfg.suffix_only)
     out = Path(cfg.output)
     record = {"config": config_to_dict(cfg), "input_fingerprint": fingerprint(cfg.input)}
@@ -332,7 +340,9 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from transformers import AutoTokenizer
 
     quiet_library_progress()
-    model_path = resolve_model(cfg.model_name())
+    from mrt_star.store import read_manifest  # omitted --model: the traces' model (as score), else toy
+
+    model_path = resolve_model(cfg.model_name(read_manifest(cfg.input).get("summary", {}).get("model") or "toy"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples, counts = build_examples(rows, tokenizer, cfg)
     if counts["examples_without_labels"]:
@@ -350,6 +360,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from mrt_star.finetune_probe import ProbeCallback, plot_loss, probe_indices
+
     model_init_kwargs = {"dtype": "auto" if cfg.master_dtype == "auto" else getattr(torch, cfg.master_dtype)}
     if cfg.attn_implementation:
         model_init_kwargs["attn_implementation"] = cfg.attn_implementation
@@ -362,12 +374,14 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     _barrier()
 
     train = Dataset.from_list(examples)
+    # The probe is measured inside train() (begin and end), never by evaluate(): see mrt_star.finetune_probe.
+    probe = ProbeCallback([examples[i] for i in probe_indices(len(examples), cfg.probe_examples)],
+                          cfg.per_device_train_batch_size, tokenizer.pad_token_id or 0)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=_lora_config(cfg) if cfg.lora else None)
-    probe = train.select(_probe_indices(len(train), cfg.probe_examples)) if cfg.probe_examples > 0 else None
-    probe_before = trainer.evaluate(eval_dataset=probe, metric_key_prefix="probe")["probe_loss"] if probe else None
+                         peft_config=_lora_config(cfg) if cfg.lora else None, callbacks=[probe])
+    probe.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume)
-    probe_after = trainer.evaluate(eval_dataset=probe, metric_key_prefix="probe")["probe_loss"] if probe else None
+    probe_before, probe_after = probe.before, probe.after
     _save_model(trainer, cfg, out, model_path, tokenizer)
     if not trainer.is_world_process_zero():
         return out

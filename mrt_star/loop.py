@@ -63,6 +63,11 @@ class RunConfig(StageIO, ModelOptions, ProblemOptions):
     filter: dict = option({}, "options of the filter stage (keys of `mrt-star filter --help`); `rule` is set per run")
     finetune: dict = option({}, "options of the finetune stage (keys of `mrt-star finetune --help`)")
     resample_problems: bool = option(False, "draw a fresh toy problem set each round (toy input only)")
+    finetune_launcher: str | None = option(None, "accelerate config file (e.g. recipes/accelerate/zero3.yaml): each "
+                                           "round's fine-tune runs as an `accelerate launch` subprocess after "
+                                           "sampling has freed the GPUs (default: in this process)")
+    finetune_processes: int = option(1, "processes (GPUs) of the launched fine-tune; global batch = per-device "
+                                     "batch × accumulation × processes", at_least=1)
     equal_sft_size: bool = option(True, "cut every other rule's SFT set to the first rule's row count in each round, "
                                   "so rules are compared at equal SFT sizes")
 
@@ -92,6 +97,9 @@ def check_run(cfg: RunConfig, engines_installed: bool = True) -> None:
     for rule in cfg.rules:
         stage_config(cfg, "filter", {**placeholder, "rule": rule})
     stage_config(cfg, "finetune", {**placeholder, **model, "overwrite": True})
+    from mrt_star.finetune_launch import check_launcher
+
+    check_launcher(cfg.finetune_launcher, cfg.finetune_processes)
     for stage in ("generate", "score"):
         chosen = getattr(cfg, stage).get("engine")
         if chosen == "vllm":
@@ -168,7 +176,13 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
         return {"rule": rule, "round": round_index, "model_in": model, "model_out": model,
                 "generate": _summary(traces), "score": _summary(scored), "filter": _summary(sft), "finetune": {}}
     if not _finetuned(model_dir):
-        _call(cfg, "finetune", {**io, "input": str(sft), "output": str(model_dir), "model": model, "overwrite": True})
+        fixed = {**io, "input": str(sft), "output": str(model_dir), "model": model, "overwrite": True}
+        if cfg.finetune_launcher:
+            from mrt_star.finetune_launch import launch_finetune
+
+            launch_finetune(stage_config(cfg, "finetune", fixed), cfg.finetune_launcher, cfg.finetune_processes)
+        else:
+            _call(cfg, "finetune", fixed)
     train = json.loads((model_dir / "training_summary.json").read_text())
     return {"rule": rule, "round": round_index, "model_in": model, "model_out": str(model_dir),
             "generate": _summary(traces), "score": _summary(scored), "filter": _summary(sft), "finetune": train}
