@@ -77,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--long-trace", action="store_true", help="score one synthetic ~16k-token thinking trace "
                         "with the likelihood estimator on toy-bpe (see long_trace)")
+    parser.add_argument("--agreement", action="store_true", help="sign(progress) of fixed K, adaptive and likelihood "
+                        "J against a large-K sampled reference, and each one's prover cost (see agreement_vs_reference)")
+    parser.add_argument("--reference-k", type=int, default=64, help="--agreement: samples per prefix of the reference")
     args = parser.parse_args(argv)
     if args.long_trace:
         return long_trace(args)
+    if args.agreement:
+        return agreement_vs_reference(args)
 
     from dataclasses import replace
 
@@ -201,6 +206,103 @@ def long_trace(args) -> int:
           f"{full['episodes'] / half['episodes']:.2f}x the episodes")
     if args.json:
         Path(args.json).write_text(json.dumps({"long_trace": results}, indent=2) + "\n")
+    return 0
+
+
+# --- estimator agreement against a large-K reference (--agreement) ------------------------------------
+
+
+def _run_estimator(engine, grader, queries, options):
+    """Return (results, seconds, rollouts, answer tokens) of one prover run (each distinct prefix charged once)."""
+    from mrt_star.progress.prover import run_prover
+
+    start = time.perf_counter()
+    results = run_prover(engine, grader, queries, options)
+    seconds = time.perf_counter() - start
+    charged = [r for r in results if r.charged]
+    rollouts = sum(len(r.answers) for r in charged) + sum(r.logprob is not None for r in charged)
+    tokens = sum(a["num_tokens"] for r in charged for a in r.answers)
+    if "likelihood" in options.estimators:  # the teacher-forced answer tokens of each pass
+        tokens += sum(engine.count_tokens([q.answer + "}" for q, r in zip(queries, results, strict=True)
+                                           if r.charged and r.logprob is not None]))
+    return results, seconds, rollouts, tokens
+
+
+def _sign(x: float, eps: float) -> int:
+    return 0 if abs(x) <= eps else (1 if x > 0 else -1)
+
+
+def agreement_vs_reference(args) -> int:
+    """Sign of progress from fixed K, adaptive and likelihood J against a K=`--reference-k` sampled reference.
+
+    All prefixes of all traces go to the prover once per estimator (distinct prefixes asked once). A change
+    of J within half a K-step (0.5/K) counts as no change for every estimator. "moving" episodes are those
+    where the reference J changes. Cost is each estimator's rollouts (samples, or likelihood passes),
+    answer tokens (sampled, or teacher-forced) and wall seconds, relative to fixed K.
+    """
+    from mrt_star.console import comparison_table
+    from mrt_star.engines import load_engine
+    from mrt_star.grading import Grader
+    from mrt_star.models import resolve_model
+    from mrt_star.progress.metrics import progress
+    from mrt_star.progress.prover import ProverOptions, prover_queries
+    from mrt_star.store import read_rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = read_rows(_traces(args, Path(tmp)))
+    engine = load_engine(args.engine, resolve_model(args.model))
+    grader = Grader(mode="symbolic")
+    queries, spans = [], []
+    for r in rows:
+        qs = prover_queries(list(r["prompt"]), [e["text"] for e in r["episodes"]], r["format"], r["answer"])
+        spans.append((len(queries), len(queries) + len(qs)))
+        queries += qs
+    common = dict(temperature=0.7, max_new_tokens=args.max_new_tokens)
+    runs = {
+        "reference": ProverOptions(k=args.reference_k, seed=args.seed + 1000, **common),
+        f"fixed K={args.k}": ProverOptions(k=args.k, seed=args.seed, **common),
+        "adaptive": ProverOptions(k=args.k, seed=args.seed, estimators=("adaptive",), **common),
+        "likelihood": ProverOptions(k=args.k, estimators=("likelihood",), **common),
+    }
+    measured = {name: _run_estimator(engine, grader, queries, opts) for name, opts in runs.items()}
+    again = _run_estimator(engine, grader, queries, runs["adaptive"])[0]
+    engine.close()
+    grader.close()
+
+    def curves(results, likelihood=False):
+        values = [r.j_likelihood if likelihood else r.j_sample for r in results]
+        return [[v or 0.0 for v in values[a:b]] for a, b in spans]
+
+    eps = 0.5 / args.k
+    reference = [p for c in curves(measured["reference"][0]) for p in progress(c)]
+    moving = [_sign(p, eps) != 0 for p in reference]
+    base_name = f"fixed K={args.k}"
+    _, base_seconds, base_rollouts, base_tokens = measured[base_name]
+    table, result = [], {"model": args.model, "traces": len(rows), "prefixes": len(queries),
+                         "distinct_prefixes": len(set(queries)), "episodes": len(reference),
+                         "moving_episodes": sum(moving), "reference_k": args.reference_k, "k": args.k,
+                         "adaptive_deterministic": [r.answers for r in again] == [r.answers for r in
+                                                                                   measured["adaptive"][0]]}
+    for name, (results, seconds, rollouts, tokens) in measured.items():
+        if name == "reference":
+            continue
+        mine = [p for c in curves(results, name == "likelihood") for p in progress(c)]
+        same = [_sign(a, eps) == _sign(b, eps) for a, b in zip(mine, reference, strict=True)]
+        on_moving = [s for s, m in zip(same, moving, strict=True) if m]
+        row = {"sign_agreement": sum(same) / len(same), "sign_agreement_moving": sum(on_moving) / max(1, len(on_moving)),
+               "rollouts": rollouts, "answer_tokens": tokens, "seconds": seconds,
+               "rollouts_vs_fixed": rollouts / base_rollouts, "tokens_vs_fixed": tokens / max(1, base_tokens),
+               "seconds_vs_fixed": seconds / base_seconds}
+        result[name] = row
+        table.append([name, row["sign_agreement"], row["sign_agreement_moving"], rollouts, tokens,
+                      f"{row['rollouts_vs_fixed']:.2f}x", f"{row['tokens_vs_fixed']:.2f}x", f"{row['seconds_vs_fixed']:.2f}x"])
+    comparison_table(f"sign(progress) vs K={args.reference_k} reference: {len(rows)} traces, {len(queries)} prefixes "
+                     f"({result['distinct_prefixes']} distinct), {len(reference)} episodes ({sum(moving)} moving), "
+                     f"{args.model}", ["estimator", "agreement", "agreement (reference moves)", "rollouts",
+                                       "answer tokens", "rollouts vs K", "tokens vs K", "seconds vs K"], table)
+    print(f"adaptive deterministic with the seed: {result['adaptive_deterministic']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"agreement": result}, indent=2) + "\n")
     return 0
 
 
