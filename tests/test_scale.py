@@ -5,11 +5,14 @@ in one line; the CLI's --help does not import Ray."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,8 +91,39 @@ def test_bad_scale_options_fail_in_one_line(options, message):
     assert "\n" not in str(err.value)
 
 
+def _busy_worker_pids() -> list[int]:
+    """Return the pids of this test's Ray workers now running a shard (children of the raylet this process started)."""
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ShardWorker.run") \
+                    and parent(parent(int(entry.name))) == os.getpid():
+                pids.append(int(entry.name))
+        except OSError:  # a process that ended while we looked
+            continue
+    return pids
+
+
+def _kill_one_worker(how: str) -> None:
+    if how == "sigkill":  # as the kernel's OOM killer would
+        deadline = time.time() + 60
+        while not (pids := _busy_worker_pids()) and time.time() < deadline:
+            time.sleep(0.02)
+        assert pids, "no busy Ray worker found"
+        os.kill(pids[0], signal.SIGKILL)
+        return
+    victims = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("mrt-star-generate-")]
+    assert victims, "no Ray worker found"
+    ray.kill(ray.get_actor(sorted(victims)[0]), no_restart=True)  # as if its machine went away
+
+
+@pytest.mark.parametrize("how", ["ray.kill", pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_a_worker_killed_mid_run_has_its_shard_retried_elsewhere(problems_file, micro_model, local_rows, tmp_path,
-                                                                 local_cluster):
+                                                                 local_cluster, how):
     out = tmp_path / "ray"
     cfg = GenerateConfig(output=str(out), backend="ray", workers=2, **generate_options(problems_file, micro_model))
     result: dict = {}
@@ -98,10 +132,7 @@ def test_a_worker_killed_mid_run_has_its_shard_retried_elsewhere(problems_file, 
     deadline = time.time() + 180
     while not shard_files(out) and time.time() < deadline:  # the workers are busy: shards are being written
         time.sleep(0.05)
-    victims = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["name"].startswith("mrt-star-generate-")]
-    assert victims, "no Ray worker found"
-    ray.kill(ray.get_actor(sorted(victims)[0]), no_restart=True)  # as if its machine went away
+    _kill_one_worker(how)
     runner.join(240)
     assert "path" in result, "the run did not finish"
     assert ray.is_initialized()  # the stage left the test's cluster running
@@ -145,3 +176,24 @@ def test_score_and_eval_on_ray_equal_local(micro_model, local_rows, tmp_path, lo
     here = read_rows(run_eval(EvalConfig(output=str(tmp_path / "e1"), **ev)))
     there = read_rows(run_eval(EvalConfig(output=str(tmp_path / "e2"), backend="ray", workers=2, **ev)))
     assert len(here) == 12 and here == there
+
+
+def test_a_worker_that_cannot_start_fails_with_the_stage_error(problems_file, micro_model, tmp_path, local_cluster):
+    cfg = GenerateConfig(output=str(tmp_path / "bad"), backend="ray", workers=2, engine_options={"bogus": 1},
+                         **generate_options(problems_file, micro_model))
+    with pytest.raises(UserError, match="unknown option 'bogus'") as err:
+        run_generate(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "bad").exists()  # nothing written before the checks that need the model
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workers": 3}, "workers 3: they need 3 CPUs, the Ray cluster has 2"),
+    ({"workers": 2, "engine": "vllm"}, "workers 2: they need 2 GPUs, the Ray cluster has 0"),
+])
+def test_more_workers_than_the_cluster_holds_fail_in_one_line(problems_file, micro_model, tmp_path, local_cluster,
+                                                              options, message):
+    cfg = GenerateConfig(output=str(tmp_path / "big"), backend="ray", **generate_options(problems_file, micro_model),
+                         **options)
+    with pytest.raises(UserError, match=message):
+        run_generate(cfg)
