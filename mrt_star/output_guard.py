@@ -59,8 +59,12 @@ def acquire(folder: str | Path) -> Path:
     key = _key(folder)
     if key in _held and _held[key][0] == os.getpid():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held until release or process exit
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held until release or process exit
+    except OSError as err:
+        raise OutputFolderError(f"{folder}: cannot be written ({err.strerror or err}); fix its permissions or "
+                                f"choose another --output") from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

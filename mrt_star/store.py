@@ -32,9 +32,14 @@ class StoreError(UserError):
 
 
 def check_output_path(path: str | Path) -> None:
-    """Raise StoreError now (before any model load) when an output path names an existing file."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """Raise StoreError now (before any model load) when an output path is a file or a folder mrt-star did not make."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise StoreError(f"output: {path} is an existing file, not a folder; choose another --output")
+    if output_guard.has_content(path) and output_guard.kind_of(path) != "stage":
+        found = "a manifest.json mrt-star did not write" if (path / MANIFEST).exists() else "no manifest.json"
+        raise StoreError(f"{path} exists and is not an mrt-star output folder ({found}); nothing was removed; "
+                         f"choose another --output")
 
 
 def _canonical(obj: Any) -> str:
@@ -100,10 +105,6 @@ class Store:
         self.input_fingerprint = input_fingerprint
         self._started = time.time()
         check_output_path(self.path)
-        if output_guard.has_content(self.path) and output_guard.kind_of(self.path) != "stage":
-            found = "a manifest.json mrt-star did not write" if (self.path / MANIFEST).exists() else "no manifest.json"
-            raise StoreError(f"{self.path} exists and is not an mrt-star output folder ({found}); "
-                             f"{'nothing was removed; ' if overwrite else ''}choose another --output")
         output_guard.acquire(self.path)  # one writer per folder until finish() or process exit
         weakref.finalize(self, output_guard.release, self.path)
         self.manifest = self._open(overwrite)
