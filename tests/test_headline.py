@@ -35,9 +35,9 @@ def test_round_two_samples_from_round_one_model_and_an_empty_filter_carries_the_
     # Two rules from shared round-1 samples: star keeps the correct traces; mrt (episode level) needs J at the
     # cut above 1.0, which no J reaches, so it keeps nothing and round 2 must sample from the base model again.
     cfg = build_config(RunConfig, {
-        "model": "toy-micro", "input": "toy", "limit": 8, "rounds": 2, "rules": ["star", "mrt"],
+        "model": "toy-micro", "input": "toy", "limit": 16, "rounds": 2, "rules": ["star", "mrt"],
         "resample_problems": True, "output": str(tmp_path / "run"),
-        "generate": {"format": "backtrack", "n": 4, "max_new_tokens": 120},
+        "generate": {"format": "backtrack", "n": 8, "max_new_tokens": 120},
         "score": {"prover_k": 2, "prover_max_new_tokens": 8, "budgets": [64]},
         "filter": {"max_per_problem": 1, "min_j_end": 1.0},
         "finetune": {"learning_rate": 1.0e-3, "num_train_epochs": 1, "per_device_train_batch_size": 8,
@@ -48,7 +48,7 @@ def test_round_two_samples_from_round_one_model_and_an_empty_filter_carries_the_
     by = {(r["rule"], r["round"]): r for r in summary}
     base = str(micro_model)
     star1, mrt1 = by[("star", 1)], by[("mrt", 1)]
-    assert star1["filter"]["kept_rows"] > 0, "the micro model solved none of the 8 problems: nothing to train on"
+    assert star1["filter"]["kept_rows"] > 0, "the micro model solved none of the 16 problems: nothing to train on"
     assert star1["model_out"] == str(run / "star" / "round-1" / "model")
     # Round 2 of star sampled with round 1's fine-tuned model: every trace names that folder.
     star2_models = {r["model"] for r in read_rows(run / "star" / "round-2" / "traces")}
@@ -61,7 +61,7 @@ def test_round_two_samples_from_round_one_model_and_an_empty_filter_carries_the_
     # resample_problems: each round drew its own problem set.
     round1 = (run / "problems-round-1.jsonl").read_text().splitlines()
     round2 = (run / "problems-round-2.jsonl").read_text().splitlines()
-    assert len(round1) == len(round2) == 8 and set(round1).isdisjoint(round2)
+    assert len(round1) == len(round2) == 16 and set(round1).isdisjoint(round2)
     assert {r["problem_id"] for r in read_rows(run / "star" / "round-2" / "traces")} == {
         json.loads(line)["problem_id"] for line in round2}
 
