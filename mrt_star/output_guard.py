@@ -32,7 +32,7 @@ MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".png", ".txt"
                   ".tiktoken", ".index")
 RUN_FILES = ("run_config.json", "run_summary.json")
 
-_held: dict[str, tuple[int, Any]] = {}  # resolved folder -> (pid, open lock file) held by this process
+_held: dict[str, list[Any]] = {}  # resolved folder -> [pid, open lock file, holders] held by this process
 
 
 class OutputFolderError(UserError):
@@ -58,6 +58,7 @@ def acquire(folder: str | Path) -> Path:
     check_not_file(folder)
     key = _key(folder)
     if key in _held and _held[key][0] == os.getpid():
+        _held[key][2] += 1
         return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,14 +78,20 @@ def acquire(folder: str | Path) -> Path:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    _held[key] = (os.getpid(), handle)
+    _held[key] = [os.getpid(), handle, 1]
     return folder
 
 
 def release(folder: str | Path) -> None:
-    """Drop this process's lock on the folder (no-op when it holds none)."""
-    entry = _held.pop(_key(Path(folder)), None)
-    if entry is not None and entry[0] == os.getpid():
+    """Drop one hold of this process on the folder; the lock goes when the last holder releases it."""
+    key = _key(Path(folder))
+    entry = _held.get(key)
+    if entry is None or entry[0] != os.getpid():
+        _held.pop(key, None)  # inherited through fork: not ours to hold
+        return
+    entry[2] -= 1
+    if entry[2] <= 0:
+        del _held[key]
         entry[1].close()  # closing the file drops the flock
 
 
@@ -148,6 +155,8 @@ def _ours_in_stage(entry: Path) -> bool:
 
 
 def _ours_in_model(entry: Path, depth: int = 0) -> bool:
+    if entry.is_dir() and depth == 0 and entry.name == "runs":  # report_to tensorboard: runs/<date>/events...
+        return all(p.is_dir() or p.name.startswith("events.out.tfevents") for p in entry.rglob("*"))
     if entry.is_dir():
         return depth == 0 and entry.name.startswith("checkpoint-") and all(
             _ours_in_model(p, 1) for p in entry.iterdir())

@@ -106,7 +106,7 @@ class Store:
         self._started = time.time()
         check_output_path(self.path)
         output_guard.acquire(self.path)  # one writer per folder until finish() or process exit
-        weakref.finalize(self, output_guard.release, self.path)
+        self._unlock = weakref.finalize(self, output_guard.release, self.path)  # runs once: finish() or GC
         self.manifest = self._open(overwrite)
 
     # -- opening --------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ class Store:
         self.manifest["summary"] = summary or {}
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._write_manifest(self.manifest)
-        output_guard.release(self.path)
+        self._unlock()
         return self.path
 
 
