@@ -302,3 +302,26 @@ def test_segmenting_a_16k_token_open_trace_is_fast_and_linear(r1_tok):
     assert large < 40 * max(small, 1e-3)  # no quadratic blow-up (quadratic would be ~64x)
     queries = prover_queries(prompt_messages("x", "open"), episodes, "open", "7")
     assert len(queries) == len(episodes) + 1
+
+
+def test_likelihood_of_a_long_trace_runs_its_shared_prefix_once_and_exactly(bpe_models, one_torch_thread):
+    """The prefixes of one long trace share their tokens: the engine runs the trace once (a KV cache cropped
+    back per prefix) and gets the same log-probs as separate passes, encoding far fewer tokens."""
+    from mrt_star.engines.transformers_engine import TransformersEngine, shared_prefix_groups
+    from mrt_star.progress.prover import likelihood_logprobs
+
+    engine = TransformersEngine(str(bpe_models["toy-bpe"]), device="cpu", dtype="float32", threads=1)
+    trace = synthetic_open_trace(30, seed=0)  # ~2k tokens
+    queries = prover_queries(prompt_messages("What is 3+4?", "open"), split_episodes(trace, "open",
+                                                                                       EpisodeOptions(max_splits=8)),
+                             "open", "7")
+    shared = likelihood_logprobs(engine, queries)
+    encoded = engine.stats.prompt_tokens_encoded
+    requested = engine.stats.prompt_tokens_requested
+    # The same queries, each in its own call: nothing can be shared.
+    separate = [likelihood_logprobs(engine, [q])[0] for q in queries]
+    assert shared == pytest.approx(separate, abs=1e-3)
+    assert encoded < 0.4 * requested  # one pass over the trace plus short tails, not L growing prefixes
+    # The grouping: prefixes of one trace go together; sequences sharing less than the minimum do not.
+    assert shared_prefix_groups([[1] * 600 + [2], [1] * 600 + [3, 4], [5] * 10], [[9], [9], [9]]) == [[1, 0]]
+    assert shared_prefix_groups([[1] * 100 + [2], [1] * 100 + [3]], [[9], [9]]) == []

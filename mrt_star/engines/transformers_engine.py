@@ -169,7 +169,11 @@ class TransformersEngine(PromptText):
         if lasts not in self._stop_masks:
             if "all" not in self._token_texts:
                 size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
-                self._token_texts["all"] = self.tokenizer.batch_decode([[i] for i in range(size)])
+                # The Rust decoder directly: ~4x faster than batch_decode over a 150k BPE vocabulary.
+                backend = getattr(self.tokenizer, "backend_tokenizer", None)
+                rows = [[i] for i in range(size)]
+                self._token_texts["all"] = (backend.decode_batch(rows, skip_special_tokens=False) if backend
+                                            else self.tokenizer.batch_decode(rows))
             texts = self._token_texts["all"]
             if any(c.isspace() for c in lasts):
                 # A lone token's decoded text may drop its leading space (SentencePiece): check every row.
