@@ -466,3 +466,24 @@ def test_adaptive_estimator_spends_fewer_answers_on_clear_prefixes_and_charges_w
     assert [len(r.answers) for r in both] == [8] * 5
     lo, hi = wilson(4, 8, 1.0)
     assert lo < 0.5 < hi and (hi - lo) / 2 == pytest.approx(1 / 6)
+
+
+def test_adaptive_estimator_on_the_micro_model_is_deterministic_with_the_seed(micro_model, one_torch_thread):
+    from mrt_star.engines import load_engine
+    from mrt_star.grading import Grader
+
+    eps = split_episodes(BACKTRACK, "backtrack")
+    queries = prover_queries(PROMPT, eps, "backtrack", "84") + prover_queries(PROMPT, eps[:2], "backtrack", "84")
+    engine, grader = load_engine("transformers", str(micro_model)), Grader()
+    try:
+        options = ProverOptions(k=8, max_new_tokens=8, estimators=("adaptive",), seed=11)
+        first = run_prover(engine, grader, queries, options)
+        again = run_prover(engine, grader, queries, options)
+    finally:
+        engine.close()
+        grader.close()
+    assert [r.answers for r in first] == [r.answers for r in again]
+    counts = [len(r.answers) for r in first]
+    assert all(2 <= n <= 8 and n % 2 == 0 for n in counts), counts
+    # Shared prefixes (the second trace's two first prefixes) get the very same answers, charged once.
+    assert first[4].answers == first[0].answers and not first[4].charged and not first[5].charged
