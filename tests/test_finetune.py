@@ -144,3 +144,71 @@ def test_lora_suffix_only_run_saves_a_merged_model(tmp_path, micro_model):
     assert (out / "adapter" / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)  # merged: loads without peft
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_warm_up_is_ten_percent_of_the_steps_on_this_transformers(tmp_path):
+    """transformers 4 reads warmup_steps=0.1 as 0.1 steps; whichever major is installed, 10% must stay 10%."""
+    from mrt_star.finetune import _sft_config
+
+    args = _sft_config(_config(warmup_ratio=0.1, input="x", output=str(tmp_path / "m")), tmp_path / "m", {})
+    assert args.get_warmup_steps(200) == 20
+    assert args.report_to in ("none", [], ["none"])
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from mrt_star.finetune import _sft_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(UserError, match="report_to: wandb needs the wandb package; pip install wandb"):
+        _sft_config(_config(report_to="wandb"), tmp_path / "m", {})
+
+
+def test_liger_packing_and_checkpointing_reach_the_trainer_arguments(tmp_path):
+    from mrt_star.finetune import _sft_config
+
+    args = _sft_config(_config(use_liger_kernel=True, packing=True, gradient_checkpointing=True), tmp_path / "m", {})
+    assert args.use_liger_kernel and args.packing
+    assert getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None)
+
+
+def test_dry_run_prints_memory_from_the_config_without_loading_weights(tmp_path, micro_model, capsys):
+    from transformers import AutoConfig
+
+    from mrt_star.finetune import run_finetune
+    from mrt_star.finetune_memory import count_parameters, estimate
+
+    params, trainable = count_parameters(str(micro_model))
+    config = AutoConfig.from_pretrained(micro_model)
+    assert params == trainable and params > config.vocab_size * config.hidden_size  # embeddings and more
+    full = estimate(params, trainable, "float32", 1, sharded=False)
+    assert full.total == params * 16  # fp32 weights 4 + gradients 4 + AdamW 8 bytes per parameter
+    assert estimate(params, trainable, "float32", 8, sharded=True).total == params * 16 / 8
+    _, adapters = count_parameters(str(micro_model), lora_r=4)
+    assert 0 < adapters < params / 10
+    run_finetune(_config(model=str(micro_model), dry_run=True, output=str(tmp_path / "never")))
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())
+    assert "replicated" in text and "sharded over 8 processes (ZeRO-3 / FSDP full shard)" in text
+    assert not (tmp_path / "never").exists()
+
+
+def test_probe_loss_is_the_token_mean_loss(micro_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mrt_star.finetune_probe import probe_loss
+
+    model = AutoModelForCausalLM.from_pretrained(micro_model)
+    examples = [{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]}, {"input_ids": [9, 10], "labels": [9, 10]}]
+    expected_sum = 0.0
+    for e in examples:
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss
+        expected_sum += float(loss) * sum(label != -100 for label in e["labels"][1:])
+    assert probe_loss(model, examples, batch_size=2, pad_id=0) == pytest.approx(expected_sum / 3, rel=1e-4)
+    model.train()  # a probe mid-training must hand the model back in training mode
+    probe_loss(model, examples, batch_size=1, pad_id=0)
+    assert model.training

@@ -137,21 +137,40 @@ class VLLMEngine(PromptText):
         return out
 
     def close(self) -> None:
-        """Free the GPUs: stop the replicas or drop the in-process LLM."""
+        """Free the GPUs so the next model loads: stop the replicas, shut the in-process engine down."""
         for replica in self._replicas:
             replica.stop()
         self._replicas = []
         if self._llm is not None:
-            self._llm = None
-            import gc
+            llm, self._llm = self._llm, None
+            _shutdown_llm(llm)
 
-            gc.collect()
-            try:
-                import torch
 
-                torch.cuda.empty_cache()
-            except Exception:  # freeing memory is best effort at shutdown
-                pass
+def _shutdown_llm(llm: Any) -> None:
+    """vLLM's documented teardown: drop the LLM (and its engine core), destroy the model-parallel groups and the
+    distributed environment, collect, empty the CUDA cache. Best effort: shutdown must not raise."""
+    import contextlib
+    import gc
+
+    engine = getattr(llm, "llm_engine", None)
+    with contextlib.suppress(Exception):
+        # V1 engine: stop the engine-core process (it holds the weights and the KV cache).
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+    del engine, llm
+    with contextlib.suppress(Exception):
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
 
 
 # --- running on an LLM (in this process or in a replica) ---------------------------------------------
@@ -252,6 +271,7 @@ def _replica_main(gpus: str, model: str, options: dict[str, Any], inbox: Any, ou
             outbox.put(("ok", _RUNNERS[kind](llm, *payload)))
         except Exception as err:
             outbox.put(("error", f"{type(err).__name__}: {err}"))
+    _shutdown_llm(llm)  # release the GPUs before the process exits (stop() waits for it)
 
 
 class _Replica:
@@ -287,4 +307,7 @@ class _Replica:
             self.process.join(timeout=60)
         if self.process.is_alive():
             self.process.terminate()
+            self.process.join(timeout=10)
+        if self.process.is_alive():  # a replica stuck in CUDA ignores SIGTERM; its GPUs must come back
+            self.process.kill()
             self.process.join(timeout=10)
