@@ -67,6 +67,19 @@ def _import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str) -> None:
+    """Raise ConnectionError when a host:port address does not answer (Ray itself would wait for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConnectionError(f"{host}:{port} does not answer ({err.strerror or err})") from None
+
+
 @contextlib.contextmanager
 def ray_session(cfg: Any) -> Iterator[Any]:
     """Yield the ray module connected to a cluster; shut down only what this call started or connected.
@@ -81,6 +94,7 @@ def ray_session(cfg: Any) -> Iterator[Any]:
     quiet = {"log_to_driver": True, "logging_level": "WARNING", "configure_logging": True}
     try:
         if cfg.ray_address:
+            _check_reachable(cfg.ray_address)
             ray.init(address=cfg.ray_address, **quiet)
         else:
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), include_dashboard=False,

@@ -197,3 +197,18 @@ def test_more_workers_than_the_cluster_holds_fail_in_one_line(problems_file, mic
                          **options)
     with pytest.raises(UserError, match=message):
         run_generate(cfg)
+
+
+def test_an_address_nobody_answers_fails_in_one_line(problems_file, micro_model, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["generate", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--output", str(tmp_path / "out"),
+            "--input", str(problems_file), "--model", str(micro_model)]
+    # A fresh process: this one may already be connected to the module's cluster.
+    done = subprocess.run([sys.executable, "-m", "mrt_star.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"ray_address '127.0.0.1:{port}': cannot connect" in done.stderr and "ray start --head" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
