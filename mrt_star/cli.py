@@ -31,7 +31,7 @@ VERBS: dict[str, Verb] = {
     "score": Verb("mrt_star.score", "ScoreConfig", "run_score",
                   "cut traces into episodes and measure each episode's progress with a prover"),
     "filter": Verb("mrt_star.filter", "FilterConfig", "run_filter",
-                   "keep traces by rule (mrt: most progress, star: correct, shortest) as an SFT dataset"),
+                   "keep traces by rule (mrt: episodes that make progress, star: correct, shortest) as an SFT dataset"),
     "finetune": Verb("mrt_star.finetune", "FinetuneConfig", "run_finetune",
                      "fine-tune a model on a filtered SFT dataset with TRL (full or LoRA)"),
     "run": Verb("mrt_star.loop", "RunConfig", "run_loop",

@@ -182,8 +182,9 @@ def dataset_card(folder: str | Path, repo_id: str, manifest: dict[str, Any], pre
               yaml.safe_dump(config, sort_keys=True, default_flow_style=False).rstrip(), "```", ""]
     lines += ["## Method", "", "MRT treats a reasoning trace as a sequence of episodes. A prover stops the trace "
               "after each episode and answers; J(j) is the chance that answer is right, and an episode's *progress* "
-              "is J(j) - J(j-1). MRT-STaR keeps correct traces that make the most progress, while plain STaR keeps "
-              "every correct trace.", ""]
+              "is J(j) - J(j-1). MRT-STaR keeps the episodes that make progress (a correct trace cut where J peaks and "
+              "closed with a forced answer; traces that lose ground without recovering are dropped; the earliest "
+              "rising J curve is preferred), while plain STaR keeps every correct trace.", ""]
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return scrub("\n".join(lines))
 

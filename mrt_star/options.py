@@ -162,8 +162,9 @@ class ProverOptions:
 class EstimatorOptions:
     """Estimator (how J is computed from the prover)"""
 
-    estimator: str = option("sample", "how J is estimated: sample (K graded forced answers, parity) or likelihood "
-                            "(exp log-prob of the reference answer after the force text)", choices=ESTIMATORS)
+    estimator: str = option("sample", "how J is estimated: sample (K graded forced answers, parity), likelihood "
+                            "(exp log-prob of the reference answer after the force text) or adaptive (forced answers "
+                            "two at a time until J is settled, at most K)", choices=ESTIMATORS)
     grade_prefix_too: bool = option(False, "parity flag: grade prefix + forced answer (a \\boxed{} in the prefix "
                                     "may count), as the reference notebooks did")
     share_prefixes: bool = option(True, "ask each distinct forced prefix once (e.g. a problem's empty prefix)")

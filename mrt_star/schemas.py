@@ -60,12 +60,13 @@ SCORED = {
                                "their own </think>)"),
     "forced_final_correct": Column("bool", "J after the whole trace > 0.5 (correct after forced termination)"),
     "regret": Column("regret", "list of {budget, value}: normalized cumulative regret on the token axis"),
-    "estimator": Column("string", "sample | likelihood: which estimator j_values holds"),
+    "estimator": Column("string", "sample | likelihood | adaptive: which estimator j_values holds"),
     "j_sample": Column("list<float64>", "J per prefix from K sampled forced answers (null if not run)"),
     "j_likelihood": Column("list<float64>", "J per prefix as exp(log-prob) of the reference answer after the force "
                                             "text (null if not run)"),
-    "prover_answers": Column("prover_answers", "per prefix, the K forced answers: list of list of {text, answer, "
-                                               "correct, num_tokens} (empty lists under the likelihood estimator alone)"),
+    "prover_answers": Column("prover_answers", "per prefix, the K forced answers (adaptive: 2..K): list of list of "
+                                               "{text, answer, correct, num_tokens} (empty lists under the likelihood "
+                                               "estimator alone)"),
     "prover_rollouts": Column("int64", "prover samples (+ likelihood passes) spent on this trace; a prefix shared "
                                        "with an earlier trace of the shard (e.g. the empty prefix) is charged to that trace"),
     "prover_tokens": Column("int64", "forced-answer tokens spent on this trace (same charging rule)"),
@@ -85,13 +86,14 @@ SFT = {
     "prefix": Column("string", "for suffix-only training: assistant text given as context (may be empty)"),
     "suffix": Column("string", "for suffix-only training: assistant text trained on"),
     "rule": Column("string", "filter rule that kept this row: mrt | star | shortest"),
-    "cumulative_progress": Column("float64", "the trace's cumulative progress (null when the input was not scored)"),
+    "cumulative_progress": Column("float64", "J at the kept end minus J(-1) (null when the input was not scored)"),
     "num_tokens": Column("int64", "completion tokens"),
     "format": Column("string", "trace format: backtrack | linearized | open"),
     "sample_index": Column("int64", "index of the trace among its problem's samples"),
     "answer": Column("string", "the reference answer"),
     "j_end": Column("float64", "J after the whole (possibly trimmed) trace (null when the input was not scored)"),
-    "trimmed": Column("bool", "whether trailing episodes with negative progress were cut off"),
+    "trimmed": Column("bool", "whether the trace was cut: at its J peak and closed with a forced answer (mrt, episode "
+                              "level), or trailing negative-progress episodes removed (trace level, trailing: trim)"),
 }
 
 EVAL_SAMPLES = {

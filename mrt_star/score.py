@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.formats.episodes import split_episodes
 from mrt_star.options import (
-    ESTIMATORS,
     RENAMED,
     STAGE_RENAMED,
     EngineOptions,
@@ -52,7 +51,8 @@ class ScoreConfig(StageIO, ModelOptions, ProverOptions, EstimatorOptions, Episod
 
     def prover_settings(self, seed: int | None = None) -> ProverSettings:
         """Return the prover settings (both estimators when comparing them)."""
-        estimators = tuple(ESTIMATORS) if self.compare_estimators else (self.estimator,)
+        sampled = "adaptive" if self.estimator == "adaptive" else "sample"
+        estimators = (sampled, "likelihood") if self.compare_estimators else (self.estimator,)
         return ProverSettings(k=self.prover_k, temperature=self.prover_temperature, top_p=self.prover_top_p,
                               max_new_tokens=self.prover_max_new_tokens, estimators=estimators,
                               grade_prefix_too=self.grade_prefix_too, share_prefixes=self.share_prefixes,
@@ -119,9 +119,9 @@ def score_rows(rows: list[dict[str, Any]], engine: Any, grader: Any, cfg: ScoreC
     out = []
     for row, episodes, (a, b) in zip(rows, episodes_of, spans, strict=True):
         mine = results[a:b]
-        j_sample = _held([r.j_sample for r in mine]) if "sample" in options.estimators else None
+        j_sample = _held([r.j_sample for r in mine]) if {"sample", "adaptive"} & set(options.estimators) else None
         j_likelihood = _held([r.j_likelihood for r in mine]) if "likelihood" in options.estimators else None
-        j_values = j_sample if cfg.estimator == "sample" else j_likelihood
+        j_values = j_likelihood if cfg.estimator == "likelihood" else j_sample
         metrics = trace_metrics(j_values, [e["num_tokens"] for e in episodes], cfg.budgets)
         charged = [r for r in mine if r.charged]
         out.append({
@@ -223,7 +223,7 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
     distinct = list(dict.fromkeys(q for _, unique in queries for q in unique))
     lengths = dict(zip(distinct, counter.count_tokens([render_chat(tokenizer, q.messages()) for q in distinct]), strict=True))
     k = cfg.prover_k
-    sampled = cfg.compare_estimators or cfg.estimator == "sample"
+    sampled = cfg.compare_estimators or cfg.estimator in ("sample", "adaptive")  # adaptive: at most K
     return {
         "traces": len(rows),
         "shards (engine calls)": len(queries),
@@ -328,7 +328,7 @@ def _score_on_ray(cfg: ScoreConfig, model_path: str, engine_options: dict, jobs:
     with ray_session(cfg), WorkerPool(cfg, "mrt_star.score:ScoreShards", (cfg, model_path, engine_options),
                                       "score") as pool:
         pool.run(jobs, write)
-        return {"scale": pool.stats()}
+        return {"scale": pool.stats(), "engine_stats": pool.engine_stats()}
 
 
 def _stats(engine: Any) -> dict[str, Any]:

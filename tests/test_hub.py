@@ -40,7 +40,7 @@ def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path):
     front = yaml.safe_load(card.split("---")[1])
     assert front["configs"][0]["data_files"][0] == {"split": "train", "path": "data/*.parquet"}
     assert "mrt-star" in front["tags"] and front["size_categories"] == ["n<1K"]
-    assert "| `cumulative_progress` | `double` | the trace's cumulative progress" in card
+    assert "| `cumulative_progress` | `double` | J at the kept end minus J(-1)" in card
     assert 'load_dataset("me/toy-mrt", split="train")' in card
     assert "rule: mrt" in card and "| per_rule.star.rows | 5 |" in card
     assert CITATION in card and "2503.07572" in card and "Qu" in card
