@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,7 @@ def acquire(folder: str | Path) -> Path:
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "unknown"
+        pid = _holder_pid(handle)
         handle.close()
         raise OutputFolderError(f"{folder} is being written by another mrt-star process (pid {pid}); wait for it "
                                 f"to finish or stop it, or choose another --output") from None
@@ -80,6 +80,17 @@ def acquire(folder: str | Path) -> Path:
     handle.flush()
     _held[key] = [os.getpid(), handle, 1]
     return folder
+
+
+def _holder_pid(handle: Any) -> str:
+    """Return the pid the holder wrote into the lock file (it writes it just after taking the lock)."""
+    for _ in range(100):
+        handle.seek(0)
+        pid = handle.read().strip()
+        if pid:
+            return pid
+        time.sleep(0.005)
+    return "unknown"
 
 
 def release(folder: str | Path) -> None:
@@ -108,7 +119,7 @@ def writer_pid(folder: str | Path) -> str | None:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "unknown"
+            return _holder_pid(handle)
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     return None
 

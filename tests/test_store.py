@@ -198,3 +198,33 @@ def test_a_failed_write_leaves_no_partial_shard_and_one_clear_error(tmp_path, mo
     store.write_shard(1, [{"x": 2}])  # the same command resumes once the disk has room
     store.finish()
     assert [r["x"] for r in read_rows(tmp_path / "out")] == [1, 2]
+
+
+OPENER = r"""
+import os, sys, time
+from mrt_star.errors import UserError
+from mrt_star.store import Store
+out, go, config = sys.argv[1], sys.argv[2], {"variant": sys.argv[3]}
+while not os.path.exists(go):
+    time.sleep(0.001)
+try:
+    store = Store(out, "demo", config, "fp")
+except UserError as err:
+    print(err)
+    sys.exit(1)
+time.sleep(1.0)  # hold the folder while the other process tries
+"""
+
+
+def test_two_processes_opening_one_store_at_the_same_instant_one_is_refused(tmp_path):
+    out, go = tmp_path / "out", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(out), str(go), variant], stdout=subprocess.PIPE,
+                              text=True) for variant in ("a", "b")]
+    time.sleep(0.5)  # both interpreters are up and polling for the start signal
+    go.touch()
+    results = [(p.wait(timeout=60), p.stdout.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1]
+    winner = next(i for i, (rc, _) in enumerate(results) if rc == 0)
+    refused = next(text for rc, text in results if rc == 1)
+    assert f"being written by another mrt-star process (pid {procs[winner].pid})" in refused
+    assert json.loads((out / "manifest.json").read_text())["config"] == {"variant": "ab"[winner]}
