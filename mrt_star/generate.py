@@ -365,4 +365,6 @@ def _generate_on_ray(cfg: GenerateConfig, problems: list[dict], model_path: str,
                 bar.update(task, advance=sizes[i], info=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s")
 
             pool.run(todo, write)
-        return store, items, time.perf_counter() - start, tokens, {"scale": pool.stats()}
+        seconds, stats = time.perf_counter() - start, pool.engine_stats()
+        tokens = stats.get("completion_tokens", tokens) if todo else 0  # as the local run counts them
+        return store, items, seconds, tokens, {"scale": pool.stats(), "engine_stats": stats}

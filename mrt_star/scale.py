@@ -144,6 +144,11 @@ class ShardWorker:
         """Return the rows of shard `index`."""
         return self.worker.run(index, payload)
 
+    def engine_stats(self) -> dict[str, Any]:
+        """Return the counters of this worker's engine (empty when it has none)."""
+        stats = getattr(getattr(self.worker, "engine", None), "stats", None)
+        return stats.as_dict() if hasattr(stats, "as_dict") else {}
+
     def close(self) -> None:
         if self.worker is not None and hasattr(self.worker, "close"):
             self.worker.close()
@@ -242,6 +247,15 @@ class WorkerPool:
         """Return what the manifest records about this pool: workers, resources, retried shards."""
         return {"backend": "ray", "workers": self.cfg.workers, "worker_resources": self.resources,
                 "retried_shards": self.retried, "replaced_workers": self.replaced}
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Return the engine counters summed over the live workers (a replaced worker's are lost with it)."""
+        total: dict[str, Any] = {}
+        for stats in self.ray.get([a.engine_stats.remote() for a in self.actors]):
+            for key, value in stats.items():
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                total[key] = round(total.get(key, 0) + value, 3) if numeric else total.get(key, value)
+        return total
 
     def close(self) -> None:
         """Close every worker's engine, then end the actors."""

@@ -64,11 +64,13 @@ def test_cli_generate_on_two_ray_workers_equals_the_local_run_row_for_row(proble
         argv += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run([sys.executable, "-m", "mrt_star.cli", *argv], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    _, reference = local_rows
-    rows = read_rows(out)
+    rows, reference = read_rows(out), local_rows[1]
     assert len(rows) == 16 and rows == reference
     manifest = read_manifest(out)
     assert manifest["timings"]["scale"]["workers"] == 2 and manifest["timings"]["scale"]["retried_shards"] == 0
+    local_stats = read_manifest(local_rows[0])["timings"]["engine_stats"]
+    for key in ("completion_tokens", "prompt_tokens_encoded", "requests"):  # the same engine calls, summed over workers
+        assert manifest["timings"]["engine_stats"][key] == local_stats[key]
     assert "backend" not in manifest["config"]  # where shards ran never blocks a resume
 
 
