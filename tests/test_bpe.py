@@ -325,3 +325,16 @@ def test_likelihood_of_a_long_trace_runs_its_shared_prefix_once_and_exactly(bpe_
     # The grouping: prefixes of one trace go together; sequences sharing less than the minimum do not.
     assert shared_prefix_groups([[1] * 600 + [2], [1] * 600 + [3, 4], [5] * 10], [[9], [9], [9]]) == [[1, 0]]
     assert shared_prefix_groups([[1] * 100 + [2], [1] * 100 + [3]], [[9], [9]]) == []
+    # A 16k-token trace of ~45 episodes: one pass over it plus 45 short tails, in seconds on one core.
+    long = synthetic_open_trace(250, seed=0)
+    episodes = split_episodes(long, "open", EpisodeOptions(max_splits=44))
+    queries = prover_queries(prompt_messages("What is 3+4?", "open"), episodes, "open", "7")
+    before = engine.stats.prompt_tokens_encoded
+    t0 = time.perf_counter()
+    values = likelihood_logprobs(engine, queries)
+    seconds = time.perf_counter() - t0
+    tokens = len(enc(engine.tokenizer, long))
+    assert 15_000 <= tokens <= 18_000 and 40 <= len(queries) <= 46 and all(v < 0 for v in values)
+    assert engine.stats.prompt_tokens_encoded - before < 1.3 * tokens  # separate passes: ~20x the trace
+    assert seconds < 30, seconds
+    print(f"16k-token trace, {len(queries)} prefixes: likelihood in {seconds:.1f} s")

@@ -225,17 +225,17 @@ def test_filter_each_rule(bpe_world, scored, sft, model):
     traces = read_rows(scored[(model, "sample")])
     correct = [r for r in traces if r["correct"]]
     mrt, star, shortest = (read_rows(sft[(model, rule)]) for rule in ("mrt", "star", "shortest"))
-    assert len(mrt) == LIMIT and {r["rule"] for r in mrt} == {"mrt"}
+    assert len(mrt) == len({r["problem_id"] for r in mrt}) == LIMIT and {r["rule"] for r in mrt} == {"mrt"}
     assert columns(sft[(model, "mrt")]) == schema_of(SFT)
     by_key = {(r["problem_id"], r["sample_index"]): r for r in traces}
     for row in mrt:
         trace = by_key[(row["problem_id"], row["sample_index"])]
         content = row["completion"][0]["content"]
-        assert row["prompt"] == trace["prompt"] and trace["completion"].startswith(content)
-        assert row["prefix"] + row["suffix"] == content
-        # The mrt pick is the problem's trace with the most cumulative progress.
-        best = max(t["cumulative_progress"] for t in traces if t["problem_id"] == row["problem_id"])
-        assert row["cumulative_progress"] == pytest.approx(best)
+        assert row["prompt"] == trace["prompt"] and row["prefix"] + row["suffix"] == content
+        assert [m["role"] for m in row["completion"]] == ["assistant"]
+        if not row["trimmed"]:  # the whole trace, thinking included, as sampled
+            assert content == trace["completion"]
+            assert row["cumulative_progress"] == pytest.approx(trace["cumulative_progress"])
     assert len(star) == len(correct)
     assert len(shortest) == len({r["problem_id"] for r in correct})
     if model == "toy-bpe":
