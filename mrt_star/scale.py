@@ -91,14 +91,14 @@ def ray_session(cfg: Any) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    quiet = {"log_to_driver": True, "logging_level": "WARNING", "configure_logging": True}
+    logs = {"log_to_driver": True, "logging_level": "WARNING"}  # workers' errors reach the driver; Ray's info does not
     try:
         if cfg.ray_address:
             _check_reachable(cfg.ray_address)
-            ray.init(address=cfg.ray_address, **quiet)
+            ray.init(address=cfg.ray_address, **logs)
         else:
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", **quiet)
+                     _node_ip_address="127.0.0.1", **logs)
     except ConnectionError as err:
         raise UserError(f"ray_address {cfg.ray_address!r}: cannot connect ({str(err).splitlines()[0]}); start a "
                         f"cluster with `ray start --head`, or leave --ray-address empty for a local one") from None
