@@ -51,7 +51,7 @@ def problem_source(cfg: Any, source: str | None = None, seed: int | None = None)
     return ProblemSource(source=source or cfg.input or "toy", split=cfg.split, subset=cfg.subset,
                          problem_column=cfg.problem_column, answer_column=cfg.answer_column,
                          id_column=cfg.id_column, limit=cfg.limit, seed=cfg.seed if seed is None else seed,
-                         skip_rows_without_answer=bool(getattr(cfg, "skip_rows_without_answer", False)))
+                         skip_rows_without_answer=cfg.skip_rows_without_answer)
 
 
 def problem_id(problem: str, answer: str) -> str:

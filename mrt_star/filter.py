@@ -189,9 +189,10 @@ def run_filter(cfg: FilterConfig) -> Path:
     if target is not None:
         kept = equalize(kept, target, cfg.seed)
     out_rows = [sft_row(r, p, cfg.rule, cfg.suffix_split) for r, p in kept]
-    store.write_shard(0, out_rows, schema=sft_schema())
+    if not store.is_done(0):  # a resumed run never rewrites a finished shard
+        store.write_shard(0, out_rows, schema=sft_schema())
     summary = filter_summary(rows, kept, out_rows, cfg, grader)
-    # The traces' model, for the dataset card (this stage's own `model` option is unused).
+    # The traces' model, for the dataset card.
     summary["model"] = source.get("config", {}).get("resolved_model") or source.get("config", {}).get("model")
     if target is not None:
         summary.update({"target_rows": target, "rows_before_equalizing": before})

@@ -215,11 +215,13 @@ def _barrier() -> None:
         from accelerate import PartialState
 
         # cpu=True on a CPU launch: PartialState() would otherwise settle on "no distribution" and skip the wait.
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+        PartialState().wait_for_everyone()
 
 
 def _last_checkpoint(out: Path) -> str | None:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    # Only whole checkpoints: one cut off mid-save has no trainer_state.json yet.
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                         key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return str(checkpoints[-1]) if checkpoints else None
 
 

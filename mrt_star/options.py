@@ -72,6 +72,8 @@ class ProblemOptions:
                                        "final_answer, solution (a solution's last \\boxed{} is taken)")
     id_column: str | None = option(None, "column holding a problem id; omitted: the first of problem_id, id, "
                                    "unique_id, else a hash of problem and answer")
+    skip_rows_without_answer: bool = option(False, "skip (and count) problems whose answer is null or empty instead "
+                                            "of refusing them")
 
 
 @dataclass

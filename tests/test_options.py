@@ -277,3 +277,15 @@ def test_no_import_cycle_and_no_oversized_module():
     for node in graph:
         if not state.get(node):
             visit(node, [node])
+
+
+def test_rows_without_answer_can_be_skipped_from_the_command_line(tmp_path):
+    from mrt_star.data import ProblemError, load_problems, problem_source
+
+    src = tmp_path / "set.jsonl"
+    src.write_text(json.dumps({"problem": "1+1", "answer": 2}) + "\n" + json.dumps({"problem": "2+2", "answer": None}) + "\n")
+    refused = parse_config(_config_classes()["generate"], ["--input", str(src)])
+    with pytest.raises(ProblemError, match="row 1"):
+        load_problems(problem_source(refused))
+    skipping = parse_config(_config_classes()["generate"], ["--input", str(src), "--skip-rows-without-answer"])
+    assert [r["answer"] for r in load_problems(problem_source(skipping))] == ["2"]
