@@ -215,7 +215,7 @@ def _barrier() -> None:
         from accelerate import PartialState
 
         # cpu=True on a CPU launch: PartialState() would otherwise settle on "no distribution" and skip the wait.
-        PartialState().wait_for_everyone()
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def _last_checkpoint(out: Path) -> str | None:

@@ -2,6 +2,8 @@
 
 Two processes with half the per-device batch see the same global batches as one process, so their
 loss curves must agree; the probe loss (measured inside train(), never by evaluate()) must be there.
+The 1-vs-2-process comparison (~12 s) is the default suite's check of the launch path; `run` launching
+the fine-tune is marked slow.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ def _finetune_args(sft, out, model, batch: int) -> list[str]:
             "--warmup-ratio", "0", "--probe-examples", "8", "--num-train-epochs", "2"]
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, micro_model):
     from mrt_star.finetune_launch import launch_command
 
@@ -126,3 +127,4 @@ def test_gpu_check_without_cuda_says_so_in_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); "
                                                 "run it on a machine with an NVIDIA GPU"]
+
