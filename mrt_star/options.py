@@ -27,6 +27,7 @@ RENAMED: dict[str, str] = {
     "template": "prompt_template",
     "forcing_k": "prover_k",
     "forcing_max_new_tokens": "prover_max_new_tokens",
+    "data_parallel_size": "workers",  # model replicas are Ray workers now: --backend ray --workers N
 }
 # Renames that depend on the stage: score's `k`/`temperature`/... were the prover's, eval's `k` was pass@k's.
 STAGE_RENAMED: dict[str, dict[str, str]] = {
@@ -118,7 +119,6 @@ class EngineOptions:
     device: str = option("auto", "transformers engine: auto, cpu, cuda or cuda:N")
     batch_size: int = option(64, "transformers engine: sequences decoded together", at_least=1)
     tensor_parallel_size: int = option(1, "vllm engine: GPUs per model replica", at_least=1)
-    data_parallel_size: int = option(1, "vllm engine: model replicas, each on its own GPUs", at_least=1)
     engine_options: dict = option({}, "further engine options (JSON or YAML flow text on the command line), e.g. "
                                   "{gpu_memory_utilization: 0.8, max_model_len: 8192}; they win over the fields above")
 
@@ -130,8 +130,7 @@ class EngineOptions:
         if self.engine == "transformers":
             common.update(device=self.device, batch_size=self.batch_size)
         else:
-            common.update(tensor_parallel_size=self.tensor_parallel_size, data_parallel_size=self.data_parallel_size,
-                          seed=seed)
+            common.update(tensor_parallel_size=self.tensor_parallel_size, seed=seed)
         return {**common, **self.engine_options}
 
 

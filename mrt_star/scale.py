@@ -30,9 +30,6 @@ SCALE_KEYS = ("backend", "ray_address", "workers")
 
 def check_scale(cfg: Any) -> None:
     """Raise UserError for scale options no run can use (one way to scale: Ray workers)."""
-    if getattr(cfg, "data_parallel_size", 1) > 1:
-        raise UserError(f"data_parallel_size {cfg.data_parallel_size}: model replicas run as Ray workers now; pass "
-                        f"--backend ray --workers {cfg.data_parallel_size} (and leave data_parallel_size at 1)")
     if cfg.backend == "local" and cfg.workers > 1:
         raise UserError(f"workers {cfg.workers}: several engine replicas need --backend ray "
                         f"(--backend ray --workers {cfg.workers})")

@@ -82,8 +82,14 @@ def test_help_does_not_import_ray():
     assert "--workers" in done.stdout and "--ray-address" in done.stdout
 
 
+def test_data_parallel_size_names_ray_workers():
+    from mrt_star.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="--data-parallel-size was renamed to --workers"):
+        parse_config(GenerateConfig, ["--engine", "vllm", "--data-parallel-size", "2"])
+
+
 @pytest.mark.parametrize("options, message", [
-    ({"engine": "vllm", "data_parallel_size": 2}, "--backend ray --workers 2"),
     ({"workers": 3}, "--backend ray --workers 3"),
     ({"ray_address": "auto"}, "only used with --backend ray"),
 ])
