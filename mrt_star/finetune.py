@@ -315,10 +315,20 @@ def _save_model(trainer: Any, cfg: FinetuneConfig, out: Path, model_path: str, t
         tokenizer.save_pretrained(str(out))
 
 
+def base_model(cfg: FinetuneConfig) -> str:
+    """Return the model to fine-tune: `--model`, else the model that generated the SFT set's traces (as score)."""
+    from mrt_star.models import resolve_model
+    from mrt_star.store import read_manifest
+
+    inherited = None
+    if not cfg.model and cfg.input and Path(cfg.input).is_dir():
+        inherited = read_manifest(cfg.input).get("summary", {}).get("model")
+    return resolve_model(cfg.model_name(inherited or "toy"))
+
+
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Return the output folder holding the fine-tuned model, tokenizer, training_summary.json and loss.png."""
     from mrt_star.console import console, quiet_library_progress, summary_table
-    from mrt_star.models import resolve_model
     from mrt_star.store import fingerprint
 
     started = time.time()
@@ -329,7 +339,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     if cfg.dry_run:  # reads the model's config only: no data, no output folder, no weights
         from mrt_star.finetune_memory import dry_run_report
 
-        dry_run_report(cfg, resolve_model(cfg.model_name()))
+        dry_run_report(cfg, base_model(cfg))
         return Path(cfg.output or ".")
     rows = load_sft_rows(cfg.input, cfg.limit, cfg.suffix_only)
     out = Path(cfg.output)
@@ -342,9 +352,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from transformers import AutoTokenizer
 
     quiet_library_progress()
-    from mrt_star.store import read_manifest  # omitted --model: the traces' model (as score), else toy
-
-    model_path = resolve_model(cfg.model_name(read_manifest(cfg.input).get("summary", {}).get("model") or "toy"))
+    model_path = base_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples, counts = build_examples(rows, tokenizer, cfg)
     if counts["examples_without_labels"]:

@@ -53,7 +53,7 @@ class ModelOptions:
     """Model"""
 
     model: str | None = option(None, "model: 'toy' (embedded, built on first use), 'toy-micro', a local folder or a "
-                               "Hub id; omitted: 'toy' (score: the model that generated the traces)")
+                               "Hub id; omitted: 'toy' (score, finetune: the model that generated the traces)")
 
     def model_name(self, default: str = "toy") -> str:
         """Return the model to load: the one given, else `default`."""
