@@ -126,7 +126,7 @@ def test_bad_eval_inputs_are_refused(tmp_path):
 
     with pytest.raises(UserError, match="labels"):
         run_eval(_config(models=["a", "b"], labels=["x"], output=str(tmp_path / "e1")))
-    with pytest.raises(UserError, match="history mode"):
+    with pytest.raises(UserError, match="is not a folder; pass the output folder of `mrt-star generate` or `mrt-star score`"):
         run_eval(_config(mode="history", input=str(tmp_path / "missing"), output=str(tmp_path / "e2")))
     with pytest.raises(UserError, match="history_variants"):
         run_eval(_config(mode="history", input=str(_traces_folder(tmp_path / "t")), history_variants=["redo"],

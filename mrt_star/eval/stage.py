@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
 from mrt_star.eval.extrapolate import add_extrapolation
+from mrt_star.eval.history import HISTORY_VARIANTS
 from mrt_star.eval.sampling import add_budget_forcing, grade_samples, sample_linearized, sample_standard
 from mrt_star.eval.summary import compute_metrics, eval_budgets, metric_key
 from mrt_star.options import (
@@ -75,7 +76,7 @@ class EvalConfig(StageIO, ModelOptions, ProblemOptions, FormatOptions, PromptOpt
                        choices=MODES)
     history_variants: list[str] = option(["restart"], "history mode: what the model is given before it continues "
                                          "(comma-separated): restart, backtrack-shared, backtrack-unshared, "
-                                         "no-rollout (mrt_star/eval/history.py)")
+                                         "no-rollout (mrt_star/eval/history.py)", choices=HISTORY_VARIANTS)
     grade_given_too: bool = option(False, "parity flag, history mode: grade the given prefix + continuation (an "
                                    "answer in the prefix counts) instead of the continuation alone")
     k_values: list[int] = option([1, 2, 4], "k values for pass@k (maj@k is reported for every k up to n)",
@@ -164,19 +165,17 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
         template = _default_template(cfg)
         return [{"item_id": p["problem_id"], "problem_id": p["problem_id"], "problem": p["problem"],
                  "answer": p["answer"], "prompt": prompt_messages(p["problem"], template)} for p in problems]
-    from mrt_star.eval.history import HISTORY_VARIANTS, history_items
+    from mrt_star.eval.history import history_items
     from mrt_star.options import episode_options
-    from mrt_star.store import read_manifest, read_rows
+    from mrt_star.store import read_rows, read_stage_input
 
-    if not cfg.input or not Path(cfg.input).is_dir():
-        raise UserError("input: history mode continues traces; pass --input with a traces folder (`mrt-star generate`)")
-    unknown = [v for v in cfg.history_variants if v not in HISTORY_VARIANTS]
-    if unknown or not cfg.history_variants:
-        raise UserError(f"history_variants: {', '.join(unknown) or 'none given'}; choose from {', '.join(HISTORY_VARIANTS)}")
-    manifest = read_manifest(cfg.input)
+    if not cfg.history_variants:
+        raise UserError("history_variants: give at least one")
+    manifest = read_stage_input(cfg.input, ("generate", "score"), "eval --mode history",
+                                ("problem_id", "problem", "answer", "prompt", "completion"))
     rows = read_rows(cfg.input)
-    if not rows or "completion" not in rows[0] or "prompt" not in rows[0]:
-        raise UserError(f"input: {cfg.input} ({manifest.get('stage')}) has no traces (prompt, completion) to continue")
+    if not rows:
+        raise UserError(f"input: {cfg.input} ({manifest.get('stage')}) has no traces to continue")
     rows = rows[: cfg.limit] if cfg.limit else rows
     return history_items(rows, list(cfg.history_variants), cfg.format, episode_options(cfg))
 
