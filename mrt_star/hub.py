@@ -194,15 +194,12 @@ def dataset_card(folder: str | Path, repo_id: str, manifest: dict[str, Any], pre
 
 def check_folder(folder: str | None) -> dict[str, Any]:
     """Return the manifest of a finished stage output folder with data, or raise UserError."""
-    from mrt_star.store import read_manifest, shard_files
+    from mrt_star.schemas import DATASETS
+    from mrt_star.store import read_stage_input, shard_files
 
     if not folder:
         raise UserError("input: name the dataset folder to push: mrt-star push DIR --repo-id ORG/NAME")
-    if not Path(folder).is_dir():
-        raise UserError(f"input: {folder} is not a folder")
-    manifest = read_manifest(folder)
-    if manifest.get("status") != "complete":
-        raise UserError(f"input: {folder} is an unfinished {manifest.get('stage')} output; finish that stage first")
+    manifest = read_stage_input(folder, tuple(DATASETS), "push")
     if not shard_files(folder):
         raise UserError(f"input: {folder} has no parquet shards (the stage kept no rows); nothing to push")
     return manifest

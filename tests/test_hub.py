@@ -135,7 +135,7 @@ def test_push_input_checks(tmp_path):
         run_push(PushConfig(input=str(tmp_path / "empty"), repo_id="me/x", dry_run=True))
     half = Store(tmp_path / "half", "score", {}, "fp")
     half.write_shard(0, [{"a": 1}])
-    with pytest.raises(UserError, match="unfinished"):
+    with pytest.raises(UserError, match="still being written|unfinished"):
         run_push(PushConfig(input=str(tmp_path / "half"), repo_id="me/x", dry_run=True))
 
 
