@@ -79,7 +79,7 @@ def stage_config(cfg: RunConfig, stage: str, fixed: dict[str, Any]) -> Any:
     clash = sorted(set(options) & set(LOOP_KEYS[stage]))
     if clash:
         raise ConfigError(f"{stage}: {clash[0]!r} is set by the loop for each round; remove it from the recipe")
-    return build_config(cls, {**options, **fixed}, source=f"run recipe, section {stage}:")
+    return build_config(cls, {**options, **fixed}, source=f"run recipe, section {stage!r}")
 
 
 def check_run(cfg: RunConfig, engines_installed: bool = True) -> None:
