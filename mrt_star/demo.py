@@ -30,6 +30,26 @@ def _load_recipe(name: str) -> dict[str, Any]:
     return load_yaml(RECIPES / name)
 
 
+def _fresh_if_stale(stage: Any, cfg: Any) -> Path:
+    """Run a demo stage; an output left by an older demo config (e.g. after an upgrade) is replaced, not refused.
+
+    The demo owns its output folder, so `make demo` re-run after a change starts over where the config changed
+    and resumes where it did not (the store still refuses folders that are not mrt-star's).
+    """
+    import dataclasses
+
+    from mrt_star.console import console
+    from mrt_star.store import StoreError
+
+    try:
+        return Path(stage(cfg))
+    except StoreError as err:
+        if "different config" not in str(err):
+            raise
+        console.print(f"[yellow]{cfg.output}: made by an older demo config; starting it over[/yellow]")
+        return Path(stage(dataclasses.replace(cfg, overwrite=True)))
+
+
 def _run_seed(seed: int, rules: list[str], out: Path, fast: bool, eval_limit: int | None = None) -> dict[str, Any]:
     from mrt_star.config import build_config
     from mrt_star.eval.stage import EvalConfig, run_eval
@@ -45,13 +65,13 @@ def _run_seed(seed: int, rules: list[str], out: Path, fast: bool, eval_limit: in
         eval_recipe.update(limit=eval_limit)
     run_cfg = build_config(RunConfig, {**run_recipe, "rules": rules, "seed": seed,
                                        "output": str(out / f"seed-{seed}" / "run")}, source="recipes/toy/run.yaml")
-    run_dir = run_loop(run_cfg)
+    run_dir = _fresh_if_stale(run_loop, run_cfg)
     summary = json.loads((run_dir / "run_summary.json").read_text())
     finals = {r["rule"]: r["model_out"] for r in summary if r["round"] == run_cfg.rounds}
     models = [run_cfg.model, *[finals[rule] for rule in rules]]
     eval_cfg = build_config(EvalConfig, {**eval_recipe, "models": models, "labels": ["base", *rules], "seed": 1000 + seed,
                                          "output": str(out / f"seed-{seed}" / "eval")}, source="recipes/toy/eval.yaml")
-    eval_dir = run_eval(eval_cfg)
+    eval_dir = _fresh_if_stale(run_eval, eval_cfg)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     first_mrt = next((r["filter"] for r in summary if r["rule"] == "mrt" and r["round"] == 1), {})
     return {"seed": seed, "metrics": metrics, "run_dir": str(run_dir), "eval_dir": str(eval_dir),
