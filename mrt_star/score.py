@@ -26,6 +26,7 @@ from mrt_star.options import (
     GradingOptions,
     ModelOptions,
     ProverOptions,
+    RegretOptions,
     ScaleOptions,
     StageIO,
     episode_options,
@@ -38,8 +39,8 @@ NEEDED_COLUMNS = ("problem_id", "answer", "format", "prompt", "completion")
 
 @dataclass
 class ScoreConfig(StageIO, ModelOptions, ProverOptions, EstimatorOptions, EpisodeOptions, GradingOptions,
-                  EngineOptions, ScaleOptions):
-    """Options of `mrt-star score` (prover, estimator, episodes, regret budgets, engine)."""
+                  EngineOptions, ScaleOptions, RegretOptions):
+    """Options of `mrt-star score` (prover, estimator, episodes, regret budgets and axis, engine)."""
 
     RENAMED: ClassVar[dict[str, str]] = {**RENAMED, **STAGE_RENAMED["score"], "temperature": "prover_temperature",
                                          "top_p": "prover_top_p", "max_new_tokens": "prover_max_new_tokens"}
@@ -116,13 +117,15 @@ def score_rows(rows: list[dict[str, Any]], engine: Any, grader: Any, cfg: ScoreC
         spans.append((len(queries), len(queries) + len(qs)))
         queries.extend(qs)
     results = run_prover(engine, grader, queries, options)
+    counted: dict[Any, int] = {}  # parity axis: token counts of each distinct prompt and force text
     out = []
     for row, episodes, (a, b) in zip(rows, episodes_of, spans, strict=True):
         mine = results[a:b]
         j_sample = _held([r.j_sample for r in mine]) if {"sample", "adaptive"} & set(options.estimators) else None
         j_likelihood = _held([r.j_likelihood for r in mine]) if "likelihood" in options.estimators else None
         j_values = j_likelihood if cfg.estimator == "likelihood" else j_sample
-        metrics = trace_metrics(j_values, [e["num_tokens"] for e in episodes], cfg.budgets)
+        axis = regret_axis(engine, row, mine, cfg, counted)
+        metrics = trace_metrics(j_values, [e["num_tokens"] for e in episodes], cfg.budgets, **axis)
         charged = [r for r in mine if r.charged]
         out.append({
             **row,
@@ -138,6 +141,30 @@ def score_rows(rows: list[dict[str, Any]], engine: Any, grader: Any, cfg: ScoreC
             "prover_skipped_prefixes": sum(r.skipped for r in mine),
         })
     return out
+
+
+def regret_axis(engine: Any, row: dict[str, Any], results: list[Any], cfg: ScoreConfig,
+                counted: dict[Any, int]) -> dict[str, Any]:
+    """Return `trace_metrics`' axis arguments for one trace: none on the thinking axis; on the parity axis
+    the rendered prompt's tokens, the force text's tokens and the mean forced-answer tokens per prefix.
+
+    The prompt is the prover prefill's part before the trace (as eval counts it); answers count 0 under
+    the likelihood estimator (nothing is sampled).
+    """
+    if cfg.regret_axis == "thinking":
+        return {}
+    from mrt_star.engines.base import Request
+    from mrt_star.formats.prompts import force_text, think_opening
+
+    prompt = tuple(tuple(sorted(m.items())) for m in row["prompt"])
+    stop = force_text(row["format"], row["format"] != "open" or bool(think_opening(row["completion"])))
+    for key, text in ((prompt, None), (stop, stop)):
+        if key not in counted:
+            text = engine.render(Request(list(row["prompt"]))) if text is None else text
+            counted[key] = engine.count_tokens([text])[0]
+    answers = [0.0 if cfg.estimator == "likelihood" or not r.answers else
+               sum(a["num_tokens"] for a in r.answers) / len(r.answers) for r in results]
+    return {"axis": "parity", "prompt_tokens": counted[prompt], "stop_tokens": counted[stop], "answer_tokens": answers}
 
 
 def _held(values: list[float | None]) -> list[float]:
@@ -224,6 +251,7 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
     lengths = dict(zip(distinct, counter.count_tokens([render_chat(tokenizer, q.messages()) for q in distinct]), strict=True))
     k = cfg.prover_k
     sampled = cfg.compare_estimators or cfg.estimator in ("sample", "adaptive")  # adaptive: at most K
+    likelihood = cfg.compare_estimators or cfg.estimator == "likelihood"
     return {
         "traces": len(rows),
         "shards (engine calls)": len(queries),
@@ -233,8 +261,34 @@ def plan(rows: list[dict[str, Any]], tokenizer: Any, cfg: ScoreConfig) -> dict[s
         "prefix tokens encoded (one prefill per call)": sum(lengths[q] for _, u in queries for q in u),
         "prefix tokens if every rollout re-encoded its prefix": sum(lengths[q] for q in all_qs) * k,
         "max answer tokens (calls x K x prover_max_new_tokens)": calls * k * cfg.prover_max_new_tokens if sampled else 0,
-        "likelihood passes": calls if (cfg.compare_estimators or cfg.estimator == "likelihood") else 0,
+        "likelihood passes": calls if likelihood else 0,
+        "likelihood tokens encoded (transformers: a shared prefix of >= 512 tokens runs once)":
+            sum(likelihood_tokens(tokenizer, u) for _, u in queries) if likelihood else 0,
     }
+
+
+def likelihood_tokens(tokenizer: Any, queries: list[ProverQuery]) -> int:
+    """Return the tokens the transformers engine runs to score `queries` (one engine call) by likelihood.
+
+    The prefixes of one trace share their tokens: a group sharing at least `SHARED_PREFIX_MIN_TOKENS` runs
+    its longest sequence once and then only each other's tail (`TransformersEngine._shared_logprobs`);
+    every other sequence runs whole.
+    """
+    from mrt_star.engines.base import encode_text
+    from mrt_star.engines.transformers_engine import _common_prefix, shared_prefix_groups
+    from mrt_star.formats.chat import render_chat
+    from mrt_star.progress.prover import ANSWER_CLOSE
+
+    prompts = encode_text(tokenizer, [render_chat(tokenizer, q.messages(q.lead)) for q in queries])
+    conts = encode_text(tokenizer, [q.answer + ANSWER_CLOSE for q in queries])
+    seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
+    groups = shared_prefix_groups(seqs, conts)
+    total = sum(len(seqs[i]) for i in set(range(len(seqs))) - {i for g in groups for i in g} if conts[i])
+    for group in groups:
+        trunk = seqs[group[0]]
+        shares = sorted(((_common_prefix(seqs[i], trunk), i) for i in group[1:]), reverse=True)
+        total += len(trunk) + sum(len(seqs[i]) - min(share, len(seqs[i]) - len(conts[i]) - 1) for share, i in shares)
+    return total
 
 
 # --- stage ------------------------------------------------------------------------------------------

@@ -104,6 +104,9 @@ THINK_CLOSE_TEXT = "\n</think>"
 ANSWER_FORCE_TEXT = "\nTime is up. Final answer: \\boxed{"
 
 FORCE_TEXT = {"backtrack": ANSWER_FORCE_TEXT, "linearized": ANSWER_FORCE_TEXT, "open": THINK_FORCE_TEXT}
+# An open trace that never opened <think> (a template without thinking, e.g. Llama-3.1) has nothing to
+# close: the same stop text without its "\n</think>".
+OPEN_FORCE_TEXT = THINK_FORCE_TEXT.replace("\n" + THINK_CLOSE, "", 1)
 
 _THINK_OPENING = re.compile(r"\s*" + re.escape(THINK_OPEN) + r"\n?")
 
@@ -118,24 +121,32 @@ def think_opening(trace: str) -> str:
     return m.group() if m else ""
 
 
-def forced_prefix(prefix: str, fmt: str) -> str:
+def force_text(fmt: str, thinking: bool = True) -> str:
+    """Return the text that stops a trace of `fmt` and forces an answer (`thinking`: the open trace opened
+    `<think>`, so the stop text closes it)."""
+    if fmt not in FORCE_TEXT:
+        raise ValueError(f"unknown trace format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return OPEN_FORCE_TEXT if fmt == "open" and not thinking else FORCE_TEXT[fmt]
+
+
+def forced_prefix(prefix: str, fmt: str, thinking: bool = True) -> str:
     """Return the assistant text a prover continues from: the trace prefix plus the format's force text.
 
     Step-wise formats: `prefix + FORCE_TEXT[fmt]`. Open thinking (reference parity): an empty prefix, or
     one that is only the opening `<think>` line, is followed directly by the stop text; any other
     prefix is cut of its trailing newlines and joined to the stop text by exactly one blank line
-    ("\\n\\n"), the way the reference joins episodes, so there are never four newlines before it.
+    ("\\n\\n"), the way the reference joins episodes, so there are never four newlines before it. An open
+    trace that never opened `<think>` (`thinking=False`) gets the same stop text without the `</think>` close.
     """
-    if fmt not in FORCE_TEXT:
-        raise ValueError(f"unknown trace format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    stop = force_text(fmt, thinking)
     if fmt != "open":
-        return prefix + FORCE_TEXT[fmt]
+        return prefix + stop
     body = prefix.rstrip("\n")
     if not body.strip():
-        return THINK_FORCE_TEXT
+        return stop
     if body.strip() == THINK_OPEN:
-        return body + "\n" + THINK_FORCE_TEXT
-    return body + PARAGRAPH_SEPARATOR + THINK_FORCE_TEXT
+        return body + "\n" + stop
+    return body + PARAGRAPH_SEPARATOR + stop
 
 
 def forced_completion_text(fmt: str, completion: str) -> str:

@@ -130,13 +130,17 @@ def prover_queries(prompt: Sequence[dict[str, str]], episodes: Sequence[str], fm
     out = []
     # The empty prefix of an open trace is its opening "<think>\n" (what the template's generation
     # prompt opened): the stop text follows it directly (DESIGN.md §3).
-    prefixes = [think_opening(episodes[0]) if fmt == "open" and episodes else "", *episode_prefixes(list(episodes))[1:]]
+    opening = think_opening(episodes[0]) if fmt == "open" and episodes else ""
+    # An open trace that never opened <think> (a template without thinking): nothing to close, so every
+    # prefix, the whole trace too, is forced with the stop text less its "</think>".
+    thinking = fmt != "open" or bool(opening)
+    prefixes = [opening, *episode_prefixes(list(episodes))[1:]]
     for i, prefix in enumerate(prefixes):
-        if i == len(prefixes) - 1 and i > 0:  # the whole trace: the forced answer at the end
+        if i == len(prefixes) - 1 and i > 0 and thinking:  # the whole trace: the forced answer at the end
             forced = end_forced_text(prefix, fmt)
             lead = LIKELIHOOD_LEAD_CLOSED.get(fmt, LIKELIHOOD_LEAD.get(fmt, ""))
         else:
-            forced, lead = forced_prefix(prefix, fmt), LIKELIHOOD_LEAD.get(fmt, "")
+            forced, lead = forced_prefix(prefix, fmt, thinking), LIKELIHOOD_LEAD.get(fmt, "")
         out.append(ProverQuery(frozen, fmt, forced, lead, str(answer), position=i))
     return out
 
