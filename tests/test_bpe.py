@@ -338,3 +338,44 @@ def test_likelihood_of_a_long_trace_runs_its_shared_prefix_once_and_exactly(bpe_
     assert engine.stats.prompt_tokens_encoded - before < 1.3 * tokens  # separate passes: ~20x the trace
     assert seconds < 30, seconds
     print(f"16k-token trace, {len(queries)} prefixes: likelihood in {seconds:.1f} s")
+
+
+def test_open_trace_without_think_is_forced_without_a_close_under_llama(llama_tok):
+    """Llama-3.1's template opens no <think>: the trace has none, so no forced text closes one."""
+    from mrt_star.formats.prompts import OPEN_FORCE_TEXT
+
+    assert OPEN_FORCE_TEXT == R1_STOP.replace("\n</think>", "")
+    prompt = prompt_messages("What is 2+3?", "open")
+    head = render_chat(llama_tok, prompt)
+    trace = "\n\n".join(PARAGRAPHS) + "\n\nThe answer is $\\boxed{5}$."
+    episodes = split_episodes(trace, "open")
+    queries = prover_queries(prompt, episodes, "open", "5")
+    assert len(queries) == len(episodes) + 1 and all("</think>" not in q.forced for q in queries)
+    assert render_chat(llama_tok, queries[0].messages()) == head + OPEN_FORCE_TEXT
+    # Every prefix, the whole trace too: one blank line, then the stop text less its close.
+    for i, q in enumerate(queries[1:], start=1):
+        assert q.forced == "".join(episodes[:i]).rstrip("\n") + "\n\n" + OPEN_FORCE_TEXT
+    # A thinking trace keeps the reference strings (R1's stop text, the end after its own </think>).
+    thinking = prover_queries(prompt, split_episodes(OPEN_TRACE, "open"), "open", "5")
+    assert thinking[0].forced == "<think>\n" + R1_STOP and thinking[-1].forced.endswith("</think>")
+
+
+def test_dry_run_counts_the_likelihood_tokens_the_engine_really_encodes(bpe_models, one_torch_thread):
+    """score --dry-run's likelihood row equals what the transformers engine runs (a long trace's shared
+    prefix once, then short tails), far below one full prefill per prefix."""
+    from mrt_star.engines.transformers_engine import TransformersEngine
+    from mrt_star.progress.prover import likelihood_logprobs
+    from mrt_star.score import ScoreConfig, plan
+
+    engine = TransformersEngine(str(bpe_models["toy-bpe"]), device="cpu", dtype="float32", threads=1)
+    prompt = prompt_messages("What is 3+4?", "open")
+    row = {"problem_id": "p", "answer": "7", "format": "open", "prompt": prompt,
+           "completion": synthetic_open_trace(30, seed=0)}
+    cfg = ScoreConfig(estimator="likelihood", max_splits=8)
+    p = plan([row], engine.tokenizer, cfg)
+    queries = prover_queries(prompt, split_episodes(row["completion"], "open", EpisodeOptions(max_splits=8)), "open", "7")
+    likelihood_logprobs(engine, queries)
+    row_name = "likelihood tokens encoded (transformers: a shared prefix of >= 512 tokens runs once)"
+    assert p[row_name] == engine.stats.prompt_tokens_encoded
+    assert p[row_name] < 0.4 * p["prefix tokens encoded (one prefill per call)"]
+    assert plan([row], engine.tokenizer, ScoreConfig(max_splits=8))[row_name] == 0  # sampling: no likelihood pass
