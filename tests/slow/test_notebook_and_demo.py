@@ -24,4 +24,4 @@ def test_demo_fast_then_notebook_runs_on_its_outputs(tmp_path, monkeypatch):
     notebook = nbformat.read(Path("notebooks/regret_analysis.ipynb"), as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}).execute()
     assert sorted(p.name for p in (tmp_path / "analysis").glob("*.png")) == [
-        "maj_vs_tokens.png", "progress_hist.png", "regret_vs_budget.png"]
+        "maj_vs_tokens.png", "progress_hist.png", "regret_axes.png", "regret_vs_budget.png"]
