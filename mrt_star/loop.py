@@ -12,6 +12,9 @@ Layout of `--output RUN`:
     RUN/<rule>/round-k/{traces,scored,sft,model}   for k ≥ 2
     RUN/run_summary.json          the closing table's numbers
 
+A rule label names a filter rule (`mrt`, `star`, `shortest`) or `mrt-trace`: rule mrt at `mrt_level: trace`,
+so the episode- and trace-level MRT rules can run side by side. Folders and `run_summary.json` use the label.
+
 With `equal_sft_size` (the default) every rule after the first is cut to the first rule's SFT row count in
 each round, so a comparison is not won by simply training on more rows.
 """
@@ -45,6 +48,10 @@ LOOP_KEYS: dict[str, tuple[str, ...]] = {
     "filter": ("seed", "input", "output", "rule", "match_count_of"),
     "finetune": ("seed", "input", "output", "model", "overwrite"),
 }
+# Rule labels of the run → the filter keys they set. A label's keys win over the recipe's `filter` section, which
+# still applies to every other label (e.g. `filter: {mrt_level: trace}` makes plain `mrt` trace-level).
+RULE_LABELS: dict[str, dict[str, str]] = {**{rule: {"rule": rule} for rule in RULES},
+                                          "mrt-trace": {"rule": "mrt", "mrt_level": "trace"}}
 # Problem-source options of the run are the generate stage's too (the loop writes the problems once).
 SHARED_WITH_GENERATE = ("split", "subset", "problem_column", "answer_column", "id_column")
 
@@ -55,12 +62,14 @@ class RunConfig(StageIO, ModelOptions, ProblemOptions):
 
     output: str | None = option("runs/mrt-star", "run folder (one subfolder per round and stage)")
     rounds: int = option(2, "number of STaR rounds", at_least=1)
-    rules: list[str] = option(["mrt"], "filter rule(s); several run side by side from shared round-1 samples",
-                              choices=RULES)
+    rules: list[str] = option(["mrt"], "filter rule(s); several run side by side from shared round-1 samples; "
+                              "mrt-trace is rule mrt at mrt_level trace (whatever `filter` says; its mrt_level "
+                              "applies to plain mrt), to compare both MRT levels in one run", choices=tuple(RULE_LABELS))
     generate: dict = option({}, "options of the generate stage (keys of `mrt-star generate --help`; JSON or YAML "
                             "flow text on the command line)")
     score: dict = option({}, "options of the score stage (keys of `mrt-star score --help`)")
-    filter: dict = option({}, "options of the filter stage (keys of `mrt-star filter --help`); `rule` is set per run")
+    filter: dict = option({}, "options of the filter stage (keys of `mrt-star filter --help`); `rule` is set by each "
+                            "rule label")
     finetune: dict = option({}, "options of the finetune stage (keys of `mrt-star finetune --help`)")
     resample_problems: bool = option(False, "draw a fresh toy problem set each round (toy input only)")
     finetune_launcher: str | None = option(None, "accelerate config file (e.g. recipes/accelerate/zero3.yaml): each "
@@ -95,7 +104,7 @@ def check_run(cfg: RunConfig, engines_installed: bool = True) -> None:
     stage_config(cfg, "generate", {**placeholder, **model})
     stage_config(cfg, "score", {**placeholder, **model})
     for rule in cfg.rules:
-        stage_config(cfg, "filter", {**placeholder, "rule": rule})
+        stage_config(cfg, "filter", {**placeholder, **RULE_LABELS[rule]})
     stage_config(cfg, "finetune", {**placeholder, **model, "overwrite": True})
     from mrt_star.finetune_launch import check_launcher
 
@@ -162,7 +171,7 @@ def run_round(cfg: RunConfig, rule: str, round_index: int, model: str, problems:
     io = {"seed": cfg.seed + round_index - 1}
     traces = _call(cfg, "generate", {**io, "input": str(problems), "output": str(base / "traces"), "model": model})
     scored = _call(cfg, "score", {**io, "input": str(traces), "output": str(base / "scored"), "model": model})
-    fixed = {**io, "input": str(scored), "output": str(own / "sft"), "rule": rule}
+    fixed = {**io, "input": str(scored), "output": str(own / "sft"), **RULE_LABELS[rule]}
     first = cfg.rules[0]
     if cfg.equal_sft_size and rule != first:
         fixed["match_count_of"] = str(run_dir / first / f"round-{round_index}" / "sft")
