@@ -368,6 +368,26 @@ def pick_equals_shortest(rows: list[dict[str, Any]], kept: list[tuple[dict, dict
     return sum(same) / len(same) if same else None
 
 
+def _j_at(row: dict[str, Any], t: float) -> float:
+    # J as a step function of tokens: the value of the last prefix at or before t (held after the trace ends).
+    tokens, values = list(row.get("j_tokens") or []), list(row["j_values"])
+    return next((v for x, v in zip(reversed(tokens), reversed(values), strict=True) if x <= t), values[0])
+
+
+def shortest_dominates(traces: list[dict[str, Any]]) -> bool:
+    """Return True when the shortest correct trace's J curve is at or above every other correct trace's at every
+    token: then any ranking by area under J picks it too, and "most progress" cannot differ from "shortest"."""
+    best = shortest_correct(traces)
+    others = [r for r in traces if r.get("correct") and r is not best]
+    if best is None or len(best.get("j_tokens") or []) != len(best["j_values"]):
+        return False
+    for other in others:
+        points = {float(x) for x in list(best["j_tokens"]) + list(other.get("j_tokens") or [])}
+        if any(_j_at(best, t) < _j_at(other, t) - 1e-9 for t in points):
+            return False
+    return True
+
+
 def filter_summary(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]], out_rows: list[dict[str, Any]],
                    cfg: Any, grader: Any = None) -> dict[str, Any]:
     """Return the closing numbers: kept share, tokens, progress distribution, per-rule comparison."""
@@ -394,6 +414,9 @@ def filter_summary(rows: list[dict[str, Any]], kept: list[tuple[dict, dict]], ou
         summary["mrt_pick_equals_shortest"] = pick_equals_shortest(rows, kept)
         summary["contested_problems"] = sum(contested(traces) for traces in problems.values())
         summary["mrt_pick_equals_shortest_contested"] = pick_equals_shortest(rows, kept, contested_only=True)
+        fought = [traces for traces in problems.values() if contested(traces)]
+        summary["shortest_dominates_contested"] = (sum(map(shortest_dominates, fought)) / len(fought)
+                                                   if fought and "j_values" in rows[0] else None)
     return summary
 
 

@@ -180,3 +180,23 @@ def test_filter_input_checks(tmp_path):
     unfinished.write_shard(0, ROWS)
     with pytest.raises(UserError, match="unfinished|still being written"):
         run_filter(FilterConfig(input=str(tmp_path / "half"), output=str(tmp_path / "z")))
+
+
+def test_shortest_dominates_when_its_j_curve_is_never_below_another_correct_trace():
+    from mrt_star.filter_rules import shortest_dominates
+
+    groups = {pid: [r for r in ROWS if r["problem_id"] == pid] for pid in ("p1", "p2")}
+    # p1: t1 (25 tokens, J 0.25 then 1.0 from token 25) against t0 (J 0.5 from token 38: t1 is already at 1.0 by
+    # then) and t3 (0.5, 0.75, 0.625 later on): never above t1, so t1 dominates.
+    assert shortest_dominates(groups["p1"])
+    # p2: the guess u0 (9 tokens) stays at J 0.375, while u1 reaches 1.0: the shortest does not dominate.
+    assert not shortest_dominates(groups["p2"])
+    # A trace that is longer but rises sooner: J 1.0 from token 5 beats a 10-token trace at 0.0 until its end.
+    early = _row("p6", 0, ["Line\n", "1: 3+4=7\n\\boxed{7}\n\n\n\n"], [0.0, 1.0, 1.0], True)
+    late = _row("p6", 1, ["Line 1: \\boxed{7}"], [0.0, 1.0], True)
+    assert late["num_tokens"] < early["num_tokens"] and not shortest_dominates([early, late])
+    summary_rows = ROWS + [early, late]
+    from mrt_star.filter_rules import filter_summary
+
+    summary = filter_summary(summary_rows, select(summary_rows, FilterConfig(rule="mrt")), [], FilterConfig(rule="mrt"))
+    assert summary["contested_problems"] == 3 and summary["shortest_dominates_contested"] == pytest.approx(1 / 3)

@@ -297,6 +297,23 @@ def test_j_progress_and_regret_by_hand():
         trace_metrics([0.1], [5], [10])
 
 
+def test_early_rise_counts_correct_traces_whose_j_rises_before_the_last_episode():
+    from mrt_star.progress.metrics import early_rise
+
+    rows = [
+        {"correct": True, "j_values": [0.0, 0.5, 1.0]},  # rises after episode 1 of 2
+        {"correct": True, "j_values": [0.25, 0.25, 0.0, 1.0]},  # flat, then a dip: all its progress comes last
+        {"correct": True, "j_values": [0.0, 1.0]},  # one episode: nothing before the last, not counted
+        {"correct": False, "j_values": [0.0, 0.75, 0.0]},  # wrong: not counted
+    ]
+    out = early_rise(rows)
+    assert out["correct_j_rises_before_last_episode"] == 0.5
+    assert out["correct_mean_j_start"] == pytest.approx(0.125)
+    assert out["correct_mean_j_middle"] == pytest.approx((0.5 + 0.0) / 2)  # index len // 2: 1 and 2
+    assert out["correct_mean_j_end"] == 1.0
+    assert early_rise([{"correct": True, "j_values": [0.0, 1.0]}])["correct_j_rises_before_last_episode"] is None
+
+
 def test_estimator_agreement():
     same = estimator_agreement([[0.0, 0.5, 1.0], [0.2, 0.1]], [[0.0, 0.5, 1.0], [0.2, 0.1]])
     assert same["j_correlation"] == pytest.approx(1.0) and same["j_mean_abs_diff"] == 0.0

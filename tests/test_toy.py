@@ -222,7 +222,58 @@ def test_linearized_attempts_each_end_in_a_box():
     for p in generate_problems(30, seed=6):
         trace = make_trace(p["problem"], "linearized", rng)
         attempts = trace.text.split(ATTEMPT_SEPARATOR)
+        if trace.guess:  # no work: the prover after it still has only its mental answer
+            assert [extract_answer(a) for a in attempts] == [trace.final_answer]
+            assert trace.supported == [p["answer"], p["answer"]]
+            continue
         assert [extract_answer(a) for a in attempts] == trace.supported[1:]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_step_cuts_are_the_step_boundaries_and_include_every_episode_boundary(fmt):
+    from mrt_star.formats.episodes import EpisodeOptions
+
+    rng = random.Random(11)
+    for p in generate_problems(150, seed=12):
+        trace = make_trace(p["problem"], fmt, rng)
+        offsets = [offset for offset, _ in trace.cuts]
+        assert offsets[0] == 0 and offsets[-1] == len(trace.text) and offsets == sorted(set(offsets))
+        ends = [sum(map(len, trace.episodes[:j])) for j in range(len(trace.episodes) + 1)]
+        assert [dict(trace.cuts)[e] for e in ends] == trace.supported  # episode boundaries keep their answers
+        assert trace.cuts[-1][1] == trace.final_answer or trace.guess
+        if fmt == "backtrack" and not trace.guess:  # the scorer's `--backtrack-unit step` prefixes, exactly
+            pieces = split_episodes(trace.text, fmt, EpisodeOptions(backtrack_unit="step"))
+            assert offsets == [sum(map(len, pieces[:j])) for j in range(len(pieces) + 1)], trace.text
+
+
+def test_step_cuts_support_finishing_the_shown_lines():
+    # After k correct lines the prover has the rest to do: a clean trace supports the true answer at every cut;
+    # after a slip that no check caught, the cut supports finishing from the wrong value.
+    rng = random.Random(13)
+    for p in generate_problems(60, seed=14):
+        clean = make_trace(p["problem"], "backtrack", rng, CLEAN)
+        assert len(clean.cuts) == clean.text.count("Line ") + 1 and {a for _, a in clean.cuts} == {p["answer"]}
+    style = TraceStyle(slip=1.0, check_after_slip=0.0, check_after_ok=0.0, lucky=0.0, restart=0.0, guess=0.0)
+    for p in generate_problems(30, seed=15, families="chain"):
+        trace = make_trace(p["problem"], "backtrack", rng, style)
+        assert trace.cuts[0][1] == p["answer"]
+        assert trace.cuts[1][1] != p["answer"], trace.cuts  # line 1 slipped: finishing from it is wrong
+
+
+def test_guesses_are_short_work_free_and_support_only_the_mental_answer():
+    rng = random.Random(16)
+    style = TraceStyle(guess=1.0, guess_right=0.5)
+    right = 0
+    for p in generate_problems(120, seed=17):
+        for fmt in FORMATS:
+            trace = make_trace(p["problem"], fmt, rng, style)
+            assert trace.guess and "Line " not in trace.text and len(trace.episodes) == 1
+            assert trace.supported == [p["answer"], p["answer"]]
+            assert grade(trace.text, p["answer"]) == (trace.final_answer == p["answer"]) == (not trace.injected_error)
+            right += trace.final_answer == p["answer"]
+    assert 0.4 < right / 360 < 0.6
+    shares = [make_trace(p["problem"], "backtrack", rng).guess for p in generate_problems(400, seed=18)]
+    assert 0.03 < sum(shares) / len(shares) < 0.1  # the default style guesses about 6% of the time
 
 
 def test_forced_examples_prefill_prefix_plus_force_text(tokenizer):

@@ -145,6 +145,7 @@ def score_summary(rows: Sequence[dict[str, Any]], budgets: Sequence[float] = ())
         "share_episodes_negative_progress": _mean([float(p < 0) for p in episodes]),
         "share_forced_final_correct": _mean([float(r["forced_final_correct"]) for r in rows]),
         "share_trace_correct": _mean([float(bool(r.get("correct"))) for r in rows]),
+        **early_rise(rows),
         "prover_rollouts": sum(r.get("prover_rollouts", 0) for r in rows),
         "prover_tokens": sum(r.get("prover_tokens", 0) for r in rows),
         "prover_skipped_prefixes": sum(r.get("prover_skipped_prefixes", 0) for r in rows),
@@ -153,3 +154,20 @@ def score_summary(rows: Sequence[dict[str, Any]], budgets: Sequence[float] = ())
         values = [x["value"] for r in rows for x in r["regret"] if x["budget"] == float(budget)]
         out[f"mean_regret@{int(budget) if float(budget).is_integer() else budget}"] = _mean(values)
     return out
+
+
+def early_rise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return how much of a correct trace's progress a prover sees before its last episode.
+
+    Among correct traces with two or more episodes: the share whose J rises above J_start before the last
+    episode (partial work a prover can finish), and the mean J at the middle prefix next to J_start and J_end.
+    When the first share is near 0, progress telescopes to the last episode and every ranking by progress
+    falls back to length.
+    """
+    curves = [list(r["j_values"]) for r in rows if r.get("correct") and len(r["j_values"]) > 2]
+    return {
+        "correct_j_rises_before_last_episode": _mean([float(max(j[1:-1]) > j[0] + 1e-9) for j in curves]),
+        "correct_mean_j_start": _mean([j[0] for j in curves]),
+        "correct_mean_j_middle": _mean([j[len(j) // 2] for j in curves]),
+        "correct_mean_j_end": _mean([j[-1] for j in curves]),
+    }

@@ -32,11 +32,11 @@ from mrt_star.toy.traces import (
     arithmetic_facts,
     forced_answer_text,
     make_trace,
-    prover_prefix,
+    prefix_at_cut,
 )
 
 # Bump when the world (problems, trace grammar, training recipe) changes so cached builds are redone.
-WORLD_VERSION = "toy-world-6"
+WORLD_VERSION = "toy-world-7"
 REPORT_FILE = "build_report.json"
 # Backtracking gets the largest share: its check -> backtrack -> revision pattern is the rarest to learn.
 FORMAT_MIX = {"backtrack": 0.45, "linearized": 0.25, "open": 0.30}
@@ -62,8 +62,8 @@ class Recipe:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=1500, batch_size=16,
-                    lr=3e-3, forced_share=0.2, drill_share=0.3, eval_problems=90, max_new_tokens=400),
+    "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=2000, batch_size=16,
+                    lr=3e-3, forced_share=0.35, drill_share=0.3, eval_problems=90, max_new_tokens=400),
     "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=600, batch_size=8,
                   lr=5e-3, forced_share=0.2, drill_share=0.4, eval_problems=12, max_new_tokens=250),
 }
@@ -144,8 +144,8 @@ def training_segments(recipe: Recipe, rng: random.Random, exclude: set[str], hea
             continue
         fmt = rng.choices(list(FORMAT_MIX), weights=list(FORMAT_MIX.values()))[0]
         trace = make_trace(problem, fmt, rng, style)
-        j = rng.randrange(len(trace.episodes) + 1) if rng.random() < recipe.forced_share else None
-        out.append(example_segments(heads, end, trace, j))
+        cut = rng.randrange(len(trace.cuts)) if rng.random() < recipe.forced_share else None
+        out.append(example_segments(heads, end, trace, cut))
     return out
 
 
@@ -157,21 +157,21 @@ def drill_segments(rng: random.Random, difficulty: int, n_facts: int = 16) -> Se
     return segments
 
 
-def example_segments(heads: dict[str, str], end: str, trace: WarmTrace, j: int | None) -> Segments:
+def example_segments(heads: dict[str, str], end: str, trace: WarmTrace, cut: int | None) -> Segments:
     """Return the example as (text, trained on?) segments; `heads` maps a format to its rendered prompt.
 
-    A whole trace trains on everything after the prompt. A forcing example (prefix j) trains on the
-    prefix (ordinary trace text) and the forced answer, but not on the force text, so the model never
-    learns to give up on its own.
+    A whole trace trains on everything after the prompt. A forcing example (the prefix at step cut `cut`,
+    any step boundary, so the prover learns to finish half-done work) trains on the prefix (ordinary trace
+    text) and the forced answer, but not on the force text, so the model never learns to give up on its own.
     """
     head = heads[trace.fmt].replace(_PROBLEM_SLOT, trace.problem)
-    if j is None:
+    if cut is None:
         return [(head, False), (trace.text + end, True)]
-    prefix = prover_prefix(trace, j)
+    prefix = prefix_at_cut(trace, cut)
     forced = forced_prefix(prefix, trace.fmt)
     kept = prefix if forced.startswith(prefix) else prefix.rstrip("\n")  # open: trailing newlines become one blank line
     return [(head, False), (kept, True), (forced[len(kept):], False),
-            (forced_answer_text(trace.fmt, trace.supported[j]) + end, True)]
+            (forced_answer_text(trace.fmt, trace.cuts[cut][1]) + end, True)]
 
 
 _PROBLEM_SLOT = "\u2063PROBLEM\u2063"

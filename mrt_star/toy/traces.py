@@ -7,8 +7,16 @@ forced after a detected slip only has the remaining lines to do in its head, and
 attempt it copies the attempt's answer. Some traces end right by luck after a wrong intermediate, and
 some checks and restarts are pure waste: progress and length come apart.
 
+Some traces are guesses: an answer boxed at once, with no work. A guess is the shortest trace there is
+and sometimes right, but it shows nothing a prover can build on, so a prover forced after it answers
+from scratch (its mental answer, as on the empty prefix): a correct guess is correct without progress,
+the case where "shortest correct" and "most progress" disagree.
+
 Each `WarmTrace` carries its episodes (exactly as `split_episodes` cuts the text) and, for every
-episode boundary, the answer the prefix supports: the target of a forced prover there.
+episode boundary, the answer the prefix supports: the target of a forced prover there. `cuts` holds the
+same for every step boundary (`--backtrack-unit step` cuts a backtracking trace there), so the prover
+learns to finish half-done work: after k of n lines it has n − k lines left to do in its head, and J
+rises line by line instead of jumping at the last one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from fractions import Fraction
 
 from mrt_star.formats.prompts import (
     ATTEMPT_SEPARATOR,
+    BACKTRACK_RE,
     FORMATS,
     PARAGRAPH_SEPARATOR,
     THINK_CLOSE_TEXT,
@@ -59,11 +68,13 @@ class TraceStyle:
     to_beginning: float = 0.5  # a backtrack for a faulty Line 1 says "Backtrack to beginning"
     stop_if_right: float = 0.8  # linearized: stop after a right attempt
     stop_if_wrong: float = 0.2  # linearized: stop after a wrong attempt
+    guess: float = 0.06  # a trace boxes an answer at once, with no work
+    guess_right: float = 0.5  # ... and the guess is the true answer
     max_episodes: int = 4
 
 
 CLEAN = TraceStyle(slip=0.0, revision_slip=0.0, check_after_ok=0.0, check_slip=0.0, lucky=0.0,
-                   stop_if_wrong=1.0, stop_if_right=1.0)
+                   stop_if_wrong=1.0, stop_if_right=1.0, guess=0.0)
 
 
 @dataclass
@@ -78,6 +89,10 @@ class WarmTrace:
     supported: list[str]
     injected_error: bool = False  # the writer slipped somewhere (the trace may still end right)
     final_answer: str = ""
+    # (offset in text, answer the prefix text[:offset] supports) at every step boundary, episode
+    # boundaries included; the first is the empty prefix, the last the whole trace
+    cuts: list[tuple[int, str]] = field(default_factory=list)
+    guess: bool = False  # the trace boxes an answer with no work
 
     @property
     def text(self) -> str:
@@ -144,23 +159,33 @@ class _Writer:
 # --- backtracking ---------------------------------------------------------------------------------
 
 
-def _backtrack_trace(w: _Writer) -> tuple[list[str], list[str]]:
+def _backtrack_trace(w: _Writer) -> tuple[list[str], list[str], list[tuple[int, str]]]:
     # A check recomputes the line just written ("Check Line k: ..."), so it only has to copy the
     # operation from the line above; after a wrong boxed answer the writer may restart blindly.
+    # `cuts` follows `split_episodes(..., backtrack_unit="step")`: before every step line (or the
+    # backtrack line that opens its episode) and at the end.
     style, rng = w.style, w.rng
     episodes: list[str] = []
     supported = [w.finish([])]
+    cuts = [(0, supported[0])]
     text, shown, slip_p, forced = "", [], style.slip, None
     n = len(w.true_values)
+
+    def offset() -> int:
+        return sum(map(len, episodes)) + len(text)
 
     def can_branch() -> bool:
         return len(episodes) + 1 < style.max_episodes
 
+    def close(answer: str, piece: str) -> None:
+        episodes.append(piece)
+        supported.append(answer)
+        cuts.append((sum(map(len, episodes)), answer))
+
     def backtrack(k: int, value: Value, forced_value: Value | None) -> None:
         # Close the episode at a failed check of line k (0-based) and open the revision.
         nonlocal text, shown, slip_p, forced
-        supported.append(w.finish(shown[:k] + [value]))
-        episodes.append(text)
+        close(w.finish(shown[:k] + [value]), text)
         to_start = k == 0 and rng.random() < style.to_beginning
         text = backtrack_line(None if to_start else k + 1) + "\n"
         shown, slip_p, forced = shown[:k], style.revision_slip, forced_value
@@ -172,13 +197,13 @@ def _backtrack_trace(w: _Writer) -> tuple[list[str], list[str]]:
             text += f"\\boxed{{{answer}}}"
             if answer != w.finish([]) and can_branch() and rng.random() < style.restart:
                 # Start over without knowing what went wrong; the redo may or may not be right.
-                supported.append(answer)
-                episodes.append(text + "\n")
+                close(answer, text + "\n")
                 text, shown, slip_p, forced = backtrack_line(None) + "\n", [], style.revision_slip, None
                 continue
-            episodes.append(text)
-            supported.append(answer)
-            return episodes, supported
+            close(answer, text)
+            return episodes, supported, cuts
+        if text and not BACKTRACK_RE.fullmatch(text.rstrip("\n")):
+            cuts.append((offset(), w.finish(shown)))  # a step boundary inside the episode
         step, value = w.write(shown, slip_p, forced)
         forced = None
         shown.append(value)
@@ -276,14 +301,37 @@ def _open_trace(w: _Writer) -> tuple[list[str], list[str]]:
 _WRITERS = {"backtrack": _backtrack_trace, "linearized": _linearized_trace, "open": _open_trace}
 
 
+def _guess_trace(w: _Writer, fmt: str) -> tuple[list[str], list[str], str]:
+    # No work: the prover after it has only the mental answer, as on the empty prefix.
+    truth = w.true_values[-1]
+    value = truth if w.rng.random() < w.style.guess_right else w.slip(truth)
+    w.injected = value != truth
+    answer = latex_number(value_number(value))
+    if fmt == "open":
+        text = f"{THINK_OPEN}\n{_conclusion(answer)}{THINK_CLOSE_TEXT}{PARAGRAPH_SEPARATOR}\\boxed{{{answer}}}"
+    else:
+        text = f"\\boxed{{{answer}}}"
+    mental = w.finish([])
+    return [text], [mental, mental], answer
+
+
 def make_trace(problem: str, fmt: str, rng: random.Random, style: TraceStyle = TraceStyle()) -> WarmTrace:
     """Return a synthetic trace of `problem` in format `fmt`, written with the given error style."""
     if fmt not in _WRITERS:
         raise ValueError(f"unknown trace format {fmt!r}; choose one of {', '.join(FORMATS)}")
     w = _Writer(problem, rng, style)
-    episodes, supported = _WRITERS[fmt](w)
-    reference = w.finish([])
-    return WarmTrace(problem, reference, fmt, episodes, supported, w.injected, supported[-1])
+    if rng.random() < style.guess:
+        episodes, supported, final = _guess_trace(w, fmt)
+        return WarmTrace(problem, supported[0], fmt, episodes, supported, w.injected, final,
+                         [(0, supported[0]), (len(episodes[0]), supported[0])], guess=True)
+    written = _WRITERS[fmt](w)
+    episodes, supported = written[0], written[1]
+    if len(written) == 3:
+        cuts = written[2]
+    else:  # step boundaries are the episode boundaries
+        ends = [sum(map(len, episodes[:j])) for j in range(len(episodes) + 1)]
+        cuts = list(zip(ends, supported, strict=True))
+    return WarmTrace(problem, w.finish([]), fmt, episodes, supported, w.injected, supported[-1], cuts)
 
 
 # --- arithmetic drills ----------------------------------------------------------------------------
@@ -323,6 +371,12 @@ def trace_messages(trace: WarmTrace) -> tuple[list[dict[str, str]], str]:
 def prover_prefix(trace: WarmTrace, j: int) -> str:
     """Return the trace text the prover continues from at prefix j (the thinking opening for an empty open one)."""
     prefix = "".join(trace.episodes[:j])
+    return prefix or (think_opening(trace.text) if trace.fmt == "open" else "")
+
+
+def prefix_at_cut(trace: WarmTrace, c: int) -> str:
+    """Return the trace text the prover continues from at step cut c (the thinking opening for an empty open one)."""
+    prefix = trace.text[: trace.cuts[c][0]]
     return prefix or (think_opening(trace.text) if trace.fmt == "open" else "")
 
 
