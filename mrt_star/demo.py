@@ -2,8 +2,9 @@
 
 The demo builds the toy model, runs the loop for the MRT and STaR rules from the same base (shared
 round-1 samples, the same SFT-set size per problem), evaluates base, STaR and MRT on held-out problems
-and prints the comparison. The experiment adds the `shortest` control and several seeds and reports
-paired differences (MRT − STaR, MRT − shortest) with their spread.
+and prints the comparison. The experiment runs episode-level MRT, trace-level MRT (`mrt-trace`), STaR and
+the `shortest` control over 10 seeds and reports each model's mean and the paired differences (MRT − STaR,
+MRT − mrt-trace, MRT − shortest, each rule − base) with 95% intervals (`mrt_star.experiment`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 RECIPES = Path("recipes/toy")
-METRICS = ("accuracy", "first_attempt_accuracy", "mean_tokens", "regret")
+DEMO_RULES = ["mrt", "star"]
+EXPERIMENT_RULES = ["mrt", "mrt-trace", "star", "shortest"]
+# Ten seeds: with the seed-to-seed spread of MRT − STaR seen so far (sd ≈ 0.045), a 95% t-interval of ± 0.03.
+EXPERIMENT_SEEDS = 10
 # The experiment evaluates on more held-out problems: with 60, one model's accuracy swings by ±0.035.
 EXPERIMENT_EVAL_LIMIT = 200
 # Round-1 filter statistics: does "most progress" pick something other than "shortest correct"?
@@ -53,7 +57,9 @@ def _fresh_if_stale(stage: Any, cfg: Any) -> Path:
 def _run_seed(seed: int, rules: list[str], out: Path, fast: bool, eval_limit: int | None = None) -> dict[str, Any]:
     from mrt_star.config import build_config
     from mrt_star.eval.stage import EvalConfig, run_eval
+    from mrt_star.experiment import per_problem_accuracy
     from mrt_star.loop import RunConfig, run_loop
+    from mrt_star.store import read_rows
 
     run_recipe = _load_recipe("run.yaml")
     eval_recipe = _load_recipe("eval.yaml")
@@ -74,28 +80,49 @@ def _run_seed(seed: int, rules: list[str], out: Path, fast: bool, eval_limit: in
     eval_dir = _fresh_if_stale(run_eval, eval_cfg)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     first_mrt = next((r["filter"] for r in summary if r["rule"] == "mrt" and r["round"] == 1), {})
-    return {"seed": seed, "metrics": metrics, "run_dir": str(run_dir), "eval_dir": str(eval_dir),
-            **{key: first_mrt.get(key) for key in PICK_STATS}}
+    # Per-problem accuracy of every model: what the paired bootstrap over held-out problems resamples.
+    per_problem = per_problem_accuracy(read_rows(eval_dir))
+    return {"seed": seed, "metrics": metrics, "per_problem": per_problem, "run_dir": str(run_dir),
+            "eval_dir": str(eval_dir), **{key: first_mrt.get(key) for key in PICK_STATS}}
 
 
-def _metric(metrics: dict[str, Any], label: str, key: str) -> float | None:
-    model = metrics.get("models", {}).get(label, {})
-    value = model.get(key)
-    if isinstance(value, dict):  # e.g. regret per budget: take the largest budget
-        value = value[max(value, key=lambda b: float(b))]
-    return value if isinstance(value, (int, float)) else None
+def _number(key: str, value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:{'+' if signed else ''}.{1 if key == 'mean_tokens' else 3}f}"
 
 
-def paired_differences(results: list[dict[str, Any]], a: str, b: str) -> dict[str, dict[str, float]]:
-    """Return mean and standard deviation over seeds of metric(a) − metric(b) for each metric."""
-    out = {}
-    for key in METRICS:
-        diffs = [x - y for r in results
-                 if (x := _metric(r["metrics"], a, key)) is not None and (y := _metric(r["metrics"], b, key)) is not None]
-        if diffs:
-            out[key] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                        "n": len(diffs)}
-    return out
+def _interval(key: str, low: float | None, high: float | None, signed: bool = False) -> str:
+    return "-" if low is None else f"[{_number(key, low, signed)}, {_number(key, high, signed)}]"
+
+
+def print_statistics(stats: dict[str, Any], seeds: int) -> None:
+    """Print the models' means (one table per metric, or one table for a single seed) and the paired differences."""
+    from mrt_star.console import comparison_table
+    from mrt_star.experiment import METRICS
+
+    models = stats["models"]
+    if seeds == 1:
+        comparison_table("MRT vs STaR on the toy world (1 seed, held-out problems)", ["model", *METRICS],
+                         [[label, *[_number(k, m[k]["mean"]) if k in m else "-" for k in METRICS]]
+                          for label, m in models.items()])
+    else:
+        for key in METRICS:
+            boot = key == "accuracy"
+            rows = [[label, _number(key, m[key]["mean"]), _interval(key, m[key]["low"], m[key]["high"]),
+                     *([_interval(key, *m[key]["bootstrap"])] if boot and "bootstrap" in m[key] else [])]
+                    for label, m in models.items() if key in m]
+            comparison_table(f"{key}: mean over {seeds} seeds", ["model", "mean", "95% t-interval (seeds)",
+                                                                 *(["95% bootstrap (problems)"] if boot else [])], rows)
+    rows = []
+    for diff in stats["differences"]:
+        for key, d in diff["metrics"].items():
+            boot = d.get("bootstrap")
+            rows.append([f"{diff['a']} − {diff['b']}", key, _number(key, d["mean"], True),
+                         _interval(key, d["low"], d["high"], True), _interval(key, *boot, True) if boot else "-",
+                         f"{d['positive_seeds']}/{d['n']}"])
+    comparison_table(f"paired differences over {seeds} seed(s)", ["difference", "metric", "mean",
+                     "95% t-interval (seeds)", "95% bootstrap (problems)", "seeds > 0"], rows)
 
 
 def _positive(text: str) -> int:
@@ -108,20 +135,23 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo (or the experiment) and return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m mrt_star.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", action="store_true", help="add the shortest control and 3 seeds")
-    parser.add_argument("--seeds", type=_positive, default=None, help="number of seeds (default 1, experiment 3)")
+    parser.add_argument("--experiment", action="store_true",
+                        help=f"rules {', '.join(EXPERIMENT_RULES)} over {EXPERIMENT_SEEDS} seeds, with 95%% intervals")
+    parser.add_argument("--seeds", type=_positive, default=None,
+                        help=f"number of seeds (default 1, experiment {EXPERIMENT_SEEDS})")
     parser.add_argument("--output", default="outputs/demo", help="where runs, evaluations and plots go")
     parser.add_argument("--eval-limit", type=_positive, default=None,
                         help="held-out problems per evaluation (default: recipes/toy/eval.yaml's; experiment 200)")
     parser.add_argument("--fast", action="store_true", help="a tiny run for tests (micro-sized budgets)")
     args = parser.parse_args(argv)
-    from mrt_star.console import comparison_table, console, quiet_library_progress
+    from mrt_star.console import console, quiet_library_progress
 
     quiet_library_progress()
     from mrt_star.errors import UserError
+    from mrt_star.experiment import summarize
 
-    rules = ["mrt", "star", "shortest"] if args.experiment else ["mrt", "star"]
-    seeds = list(range(args.seeds or (3 if args.experiment else 1)))
+    rules = EXPERIMENT_RULES if args.experiment else DEMO_RULES
+    seeds = list(range(args.seeds or (EXPERIMENT_SEEDS if args.experiment else 1)))
     out = Path(args.output) / ("experiment" if args.experiment else "demo")
     start = time.time()
     try:
@@ -130,24 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"mrt-star demo: error: {err}", file=sys.stderr)
         return 1
-    labels = ["base", *rules]
-    rows = []
-    for label in labels:
-        row: list[Any] = [label]
-        for key in METRICS:
-            values = [v for r in results if (v := _metric(r["metrics"], label, key)) is not None]
-            row.append(f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
-                       if values else "-")
-        rows.append(row)
-    comparison_table(f"MRT vs STaR on the toy world ({len(seeds)} seed(s), held-out problems)",
-                     ["model", *METRICS], rows)
-    report: dict[str, Any] = {"seeds": seeds, "rules": rules, "results": results,
-                              "seconds": round(time.time() - start, 1),
-                              "paired": {f"mrt-{other}": paired_differences(results, "mrt", other)
-                                         for other in rules if other != "mrt"}}
-    for name, diffs in report["paired"].items():
-        comparison_table(f"paired difference {name} over seeds", ["metric", "mean", "std", "n"],
-                         [[k, v["mean"], v["std"], v["n"]] for k, v in diffs.items()])
+    report: dict[str, Any] = {"seeds": seeds, "rules": rules, "statistics": summarize(results, rules)}
+    report["seconds"] = round(time.time() - start, 1)
+    print_statistics(report["statistics"], len(seeds))
     for key in PICK_STATS:
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
@@ -156,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"round 1: MRT's pick equals the shortest correct trace for {report['mrt_pick_equals_shortest']:.0%} "
                       f"of problems; {report.get('mrt_pick_equals_shortest_contested') or 0:.0%} of the "
                       f"{report.get('contested_problems') or 0:.0f} problems whose correct traces differ in length")
+    report["results"] = results  # per seed: eval metrics, per-problem accuracy, folders, round-1 pick statistics
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"done in {report['seconds']:.0f} s; report: {out / 'report.json'}; plots: {results[0]['eval_dir']}")
     return 0
