@@ -25,7 +25,8 @@ EXPERIMENT_SEEDS = 10
 # The experiment evaluates on more held-out problems: with 60, one model's accuracy swings by ±0.035.
 EXPERIMENT_EVAL_LIMIT = 200
 # Round-1 filter statistics: does "most progress" pick something other than "shortest correct"?
-PICK_STATS = ("mrt_pick_equals_shortest", "mrt_pick_equals_shortest_contested", "contested_problems")
+PICK_STATS = ("mrt_pick_equals_shortest", "mrt_pick_equals_shortest_contested", "contested_problems",
+              "shortest_dominates_contested")
 
 
 def _load_recipe(name: str) -> dict[str, Any]:
@@ -170,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if "mrt_pick_equals_shortest" in report:
         console.print(f"round 1: MRT's pick equals the shortest correct trace for {report['mrt_pick_equals_shortest']:.0%} "
                       f"of problems; {report.get('mrt_pick_equals_shortest_contested') or 0:.0%} of the "
-                      f"{report.get('contested_problems') or 0:.0f} problems whose correct traces differ in length")
+                      f"{report.get('contested_problems') or 0:.0f} problems per seed whose correct traces differ in "
+                      f"length; on {report.get('shortest_dominates_contested') or 0:.0%} of those the shortest trace's "
+                      "J curve is never below another correct trace's")
     report["results"] = results  # per seed: eval metrics, per-problem accuracy, folders, round-1 pick statistics
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"done in {report['seconds']:.0f} s; report: {out / 'report.json'}; plots: {results[0]['eval_dir']}")
