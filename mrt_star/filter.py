@@ -66,8 +66,8 @@ class FilterConfig(StageIO, GradingOptions):
                           "start) or by lowest regret at `regret_budget` (J high early on the token axis); auto: "
                           "regret at episode level, progress at trace level", choices=RANK_BY)
     regret_budget: int | None = option(None, "mrt, ranking by regret: the budget to rank at (trace level: a scored "
-                                       "one); none: the problem's longest kept candidate (episode level) or the "
-                                       "largest budget scored (trace level)", at_least=1)
+                                       "one); none: the largest budget scored (episode level: or the problem's "
+                                       "longest kept candidate, if longer)", at_least=1)
     tie_break: str = option("tokens", "mrt: among equal progress prefer fewer tokens (tokens) or the earlier sample "
                             "(index)", choices=TIE_BREAKS)
     max_per_problem: int | None = option(None, "any rule: keep at most this many rows per problem", at_least=0)

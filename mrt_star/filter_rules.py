@@ -254,13 +254,17 @@ def episode_ranked(traces: list[dict[str, Any]], cfg: Any) -> list[tuple[dict, d
     """Return a problem's episode-level candidates, best first.
 
     Ranked by regret of the kept J curve (area under J, J high early) at `regret_budget`, or, when that is
-    none, at the problem's longest kept candidate, so every candidate is measured on the same horizon; then
-    most cumulative progress, then the tie-break. `rank_by: progress` ranks by cumulative progress only.
+    none, at the largest budget the rows were scored at (`score --budgets`) or the problem's longest kept
+    candidate if that is longer, so every candidate is measured on the same horizon and the J a trace ends
+    with counts (on the longest candidate's own horizon its final J would weigh nothing, which favours short
+    traces whatever they end with); then most cumulative progress, then the tie-break. `rank_by: progress`
+    ranks by cumulative progress only.
     """
     picks = [(r, p) for r in traces if (p := episode_candidate(r, cfg)) is not None]
     if not picks:
         return []
-    budget = cfg.regret_budget or max(max(p["kept_curve"][0][-1], 1) for _, p in picks)
+    scored = [float(x["budget"]) for r in traces for x in r.get("regret") or []]
+    budget = cfg.regret_budget or max([*(max(p["kept_curve"][0][-1], 1) for _, p in picks), *scored])
 
     def key(rp: tuple[dict, dict]) -> tuple:
         row, pick = rp

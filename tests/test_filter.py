@@ -200,3 +200,20 @@ def test_shortest_dominates_when_its_j_curve_is_never_below_another_correct_trac
 
     summary = filter_summary(summary_rows, select(summary_rows, FilterConfig(rule="mrt")), [], FilterConfig(rule="mrt"))
     assert summary["contested_problems"] == 3 and summary["shortest_dominates_contested"] == pytest.approx(1 / 3)
+
+
+def test_episode_level_ranks_on_the_scored_budget_so_the_j_a_trace_ends_with_counts():
+    # A guess (10 tokens, J 0 → 0.5) against worked lines (24, 48, 74 tokens; J 0, 0.5, 1.0), J(−1) = 0 at t = 0.
+    guess = _row("p7", 0, ["Guess: \\boxed{7}"[:10]], [0.0, 0.5], True)
+    work = _row("p7", 1, ["Line 1: 3+4=7".ljust(23) + "\n", "Line 2: 7+0=7".ljust(23) + "\n",
+                          "Line 3: 7+0=7\n\\boxed{7}".ljust(26)], [0.0, 0.0, 0.5, 1.0], True)
+    assert guess["num_tokens"] == 10 and work["j_tokens"] == [0, 24, 48, 74]
+    cfg = FilterConfig(rule="mrt", min_j_end=0.25)
+    # Horizon = the longest candidate (74, nothing scored): guess area 10·0.25 + 64·0.5 = 34.5 (regret 0.534);
+    # work 24·0.25 + 26·0.75 = 25.5 (regret 0.655): the guess wins, work's final J = 1 weighs nothing.
+    assert [r["sample_index"] for r, _ in select([guess, work], cfg)] == [0]
+    # Scored at budgets up to 300: guess 2.5 + 290·0.5 = 147.5 (regret 0.508); work 25.5 + 226·1.0 = 251.5 (0.162).
+    scored = [{**r, "regret": [{"budget": 100.0, "value": 0.0}, {"budget": 300.0, "value": 0.0}]} for r in (guess, work)]
+    assert [r["sample_index"] for r, _ in select(scored, cfg)] == [1]
+    # An explicit budget still wins over both.
+    assert [r["sample_index"] for r, _ in select(scored, FilterConfig(rule="mrt", min_j_end=0.25, regret_budget=74))] == [0]

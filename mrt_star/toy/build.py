@@ -55,6 +55,7 @@ class Recipe:
     lr: float
     forced_share: float  # share of examples that teach the forced prover
     drill_share: float  # share of examples that are arithmetic drills (pretraining stand-in)
+    guess_share: float  # share of traces that box an answer with no work (TraceStyle.guess)
     eval_problems: int  # held-out problems per format
     max_new_tokens: int
     difficulty: int
@@ -62,10 +63,10 @@ class Recipe:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=2000, batch_size=16,
-                    lr=3e-3, forced_share=0.35, drill_share=0.3, eval_problems=90, max_new_tokens=400),
+    "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=2500, batch_size=16,
+                    lr=3e-3, forced_share=0.35, drill_share=0.3, guess_share=0.15, eval_problems=90, max_new_tokens=400),
     "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=600, batch_size=8,
-                  lr=5e-3, forced_share=0.2, drill_share=0.4, eval_problems=12, max_new_tokens=250),
+                  lr=5e-3, forced_share=0.2, drill_share=0.4, guess_share=0.06, eval_problems=12, max_new_tokens=250),
 }
 
 
@@ -128,12 +129,13 @@ Segments = list[tuple[str, bool]]
 
 
 def training_segments(recipe: Recipe, rng: random.Random, exclude: set[str], heads: dict[str, str], end: str,
-                      style: TraceStyle = TraceStyle()) -> list[Segments]:
+                      style: TraceStyle | None = None) -> list[Segments]:
     """Return the build's examples: arithmetic drills, whole traces and forced-prover examples.
 
     Problems in `exclude` (the held-out set) are never trained on; `heads` and `end` come from
     `prompt_heads` and the tokenizer's end token.
     """
+    style = style or TraceStyle(guess=recipe.guess_share)
     out: list[Segments] = []
     while len(out) < recipe.steps * recipe.batch_size:
         if rng.random() < recipe.drill_share:

@@ -49,6 +49,8 @@ from mrt_star.toy.problems import (
 )
 
 TOY_TEMPLATE = {fmt: f"toy-{fmt}" for fmt in FORMATS}
+# How a guess opens: a hedge a prover can learn not to trust (a real model's "I think it is ...").
+GUESS_LEAD = "Guess: "
 # What a forced prover writes after the open format's force text (which ends in "1. **").
 OPEN_FORCED_ANSWER = "Answer:** \\boxed{{{answer}}}"
 
@@ -69,7 +71,7 @@ class TraceStyle:
     stop_if_right: float = 0.8  # linearized: stop after a right attempt
     stop_if_wrong: float = 0.2  # linearized: stop after a wrong attempt
     guess: float = 0.06  # a trace boxes an answer at once, with no work
-    guess_right: float = 0.5  # ... and the guess is the true answer
+    guess_right: float = 0.05  # ... and the guess is the true answer (rarely: a prover learns not to copy guesses)
     max_episodes: int = 4
 
 
@@ -308,9 +310,9 @@ def _guess_trace(w: _Writer, fmt: str) -> tuple[list[str], list[str], str]:
     w.injected = value != truth
     answer = latex_number(value_number(value))
     if fmt == "open":
-        text = f"{THINK_OPEN}\n{_conclusion(answer)}{THINK_CLOSE_TEXT}{PARAGRAPH_SEPARATOR}\\boxed{{{answer}}}"
+        text = f"{THINK_OPEN}\n{GUESS_LEAD}\\boxed{{{answer}}}.{THINK_CLOSE_TEXT}{PARAGRAPH_SEPARATOR}\\boxed{{{answer}}}"
     else:
-        text = f"\\boxed{{{answer}}}"
+        text = f"{GUESS_LEAD}\\boxed{{{answer}}}"
     mental = w.finish([])
     return [text], [mental, mental], answer
 
