@@ -65,8 +65,8 @@ class Recipe:
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": dict(hidden_size=96, layers=4, heads=4, intermediate_size=288, steps=2500, batch_size=16,
                     lr=3e-3, forced_share=0.35, drill_share=0.3, guess_share=0.15, eval_problems=90, max_new_tokens=400),
-    "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=600, batch_size=8,
-                  lr=5e-3, forced_share=0.2, drill_share=0.4, guess_share=0.06, eval_problems=12, max_new_tokens=250),
+    "micro": dict(hidden_size=64, layers=3, heads=4, intermediate_size=192, steps=1000, batch_size=8,
+                  lr=5e-3, forced_share=0.2, drill_share=0.4, guess_share=0.0, eval_problems=12, max_new_tokens=250),
 }
 
 
