@@ -3,7 +3,7 @@
 Rules (all group traces by problem):
 - `star`: every trace whose own final answer is correct (the outcome-only STaR baseline).
 - `shortest`: the shortest correct trace of each problem (a control: "most progress" must beat it).
-- `mrt`, `mrt_level: episode` (default): correct traces cut at their best prefix (J's peak) and closed with
+- `mrt`, `mrt_level: episode` (default): correct traces cut at their best prefix (J's last peak) and closed with
   the force text and a correct forced answer, traces that lose more than `max_unrecovered_loss` of J for
   good rejected, a problem's candidates ranked by the area under their kept J curve (lowest regret).
 - `mrt`, `mrt_level: trace`: whole traces correct after forced termination at the end (J_end above
@@ -25,6 +25,7 @@ from typing import Any
 from mrt_star.config import check_config, config_to_dict, option
 from mrt_star.errors import UserError
 from mrt_star.filter_rules import (
+    CUT_AT,
     MRT_LEVELS,
     RANK_BY,
     RULES,
@@ -53,6 +54,10 @@ class FilterConfig(StageIO, GradingOptions):
     per_problem: int = option(1, "mrt: traces kept per problem, best first", at_least=1)
     min_j_end: float = option(0.5, "mrt: keep traces whose J after the whole trace (episode level: at the cut) "
                               "exceeds this (correct after forced termination; parity 0.5)")
+    cut_at: str = option("last-peak", "mrt episode level: cut a trace after the last episode at J's peak (episodes "
+                         "that only hold J stay) or the first (a tail that adds nothing is replaced by the force text "
+                         "and a forced answer; on the toy world that taught the model to write the force text into "
+                         "its lines)", choices=CUT_AT)
     max_unrecovered_loss: float | None = option(0.25, "mrt episode level: reject a trace that loses more than this "
                                                 "much J after some prefix and never wins it back (ours: above one "
                                                 "K=4 sampling step; 0: any unrecovered loss; none: off)", at_least=0)

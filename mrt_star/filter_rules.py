@@ -149,10 +149,15 @@ def rank_by(cfg: Any) -> str:
 # --- episode-level MRT ----------------------------------------------------------------------------
 
 
-def best_prefix(j_values: list[float]) -> int:
-    """Return the index (1..L) in the J curve of the first prefix where J peaks; at least one episode is kept."""
+CUT_AT = ("last-peak", "first-peak")
+
+
+def best_prefix(j_values: list[float], cut_at: str = "last-peak") -> int:
+    """Return the index (1..L) in the J curve where a trace is cut: the last prefix where J peaks (episodes that
+    only hold J are kept; what follows never reaches the peak again), or the first; at least one episode is kept."""
     peak = max(j_values[1:])
-    return next(i for i in range(1, len(j_values)) if j_values[i] >= peak - 1e-9)
+    at_peak = [i for i in range(1, len(j_values)) if j_values[i] >= peak - 1e-9]
+    return at_peak[-1] if cut_at == "last-peak" else at_peak[0]
 
 
 def unrecovered_loss(j_values: list[float]) -> float:
@@ -213,7 +218,7 @@ def episode_candidate(row: dict[str, Any], cfg: Any) -> dict[str, Any] | None:
         return None
     if cfg.max_unrecovered_loss is not None and unrecovered_loss(j) > cfg.max_unrecovered_loss + 1e-9:
         return None
-    keep = best_prefix(j)
+    keep = best_prefix(j, getattr(cfg, "cut_at", "last-peak"))
     closed = forced_close(row, keep) if keep < len(j) - 1 else None
     if closed is None:  # the peak is the end, or no correct forced answer to close a cut with: the whole trace
         keep = len(j) - 1

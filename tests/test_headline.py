@@ -136,7 +136,10 @@ EPISODE_ROWS = [
 
 
 def test_episode_level_mrt_cuts_at_the_peak_and_ranks_by_area_by_hand():
-    kept = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3))
+    # The default cuts after J's last peak: A's check holds J at 1.0, so A stays whole (nothing to close).
+    whole = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3))
+    assert [(r["sample_index"], p["text"], p["trimmed"]) for r, p in whole][0] == (0, RIGHT + CHECK, False)
+    kept = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3, cut_at="first-peak"))
     assert [r["sample_index"] for r, _ in kept] == [0, 1]
     a = kept[0][1]
     assert a["text"] == RIGHT + ANSWER_FORCE_TEXT + "7}"
@@ -147,7 +150,7 @@ def test_episode_level_mrt_cuts_at_the_peak_and_ranks_by_area_by_hand():
     # to 1.0 at 24 → area 24·0.625 = 15; C to 0.75 at 23, then holds → 23·0.5 + 1·0.75 = 12.25. A wins.
     # Without the rejection D is a candidate too: cut like A, same curve; A wins the tie on sample index.
     loose = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3, max_unrecovered_loss=None,
-                                              tie_break="index"))
+                                              tie_break="index", cut_at="first-peak"))
     assert [r["sample_index"] for r, _ in loose] == [0, 2, 1]
     # D has no prover samples (the likelihood estimator alone): its cut writes the reference answer.
     assert loose[1][1]["text"] == RIGHT + ANSWER_FORCE_TEXT + "7}"
