@@ -57,7 +57,7 @@ class FilterConfig(StageIO, GradingOptions):
     cut_at: str = option("last-peak", "mrt episode level: cut a trace after the last episode at J's peak (episodes "
                          "that only hold J stay) or the first (a tail that adds nothing is replaced by the force text "
                          "and a forced answer; on the toy world that taught the model to write the force text into "
-                         "its lines)", choices=CUT_AT)
+                         "its lines) or none (whole traces, ranked by area under J)", choices=CUT_AT)
     max_unrecovered_loss: float | None = option(0.25, "mrt episode level: reject a trace that loses more than this "
                                                 "much J after some prefix and never wins it back (ours: above one "
                                                 "K=4 sampling step; 0: any unrecovered loss; none: off)", at_least=0)

@@ -149,12 +149,15 @@ def rank_by(cfg: Any) -> str:
 # --- episode-level MRT ----------------------------------------------------------------------------
 
 
-CUT_AT = ("last-peak", "first-peak")
+CUT_AT = ("last-peak", "first-peak", "none")
 
 
 def best_prefix(j_values: list[float], cut_at: str = "last-peak") -> int:
     """Return the index (1..L) in the J curve where a trace is cut: the last prefix where J peaks (episodes that
-    only hold J are kept; what follows never reaches the peak again), or the first; at least one episode is kept."""
+    only hold J are kept; what follows never reaches the peak again), the first, or none (the whole trace);
+    at least one episode is kept."""
+    if cut_at == "none":
+        return len(j_values) - 1
     peak = max(j_values[1:])
     at_peak = [i for i in range(1, len(j_values)) if j_values[i] >= peak - 1e-9]
     return at_peak[-1] if cut_at == "last-peak" else at_peak[0]

@@ -139,6 +139,9 @@ def test_episode_level_mrt_cuts_at_the_peak_and_ranks_by_area_by_hand():
     # The default cuts after J's last peak: A's check holds J at 1.0, so A stays whole (nothing to close).
     whole = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3))
     assert [(r["sample_index"], p["text"], p["trimmed"]) for r, p in whole][0] == (0, RIGHT + CHECK, False)
+    # With no cut at all, even without the rejection D ends at J 0.5, not above min_j_end 0.5: A and C, whole.
+    uncut = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3, cut_at="none", max_unrecovered_loss=None))
+    assert [(r["sample_index"], p["trimmed"]) for r, p in uncut] == [(0, False), (1, False)]
     kept = select(EPISODE_ROWS, FilterConfig(rule="mrt", per_problem=3, cut_at="first-peak"))
     assert [r["sample_index"] for r, _ in kept] == [0, 1]
     a = kept[0][1]
