@@ -35,3 +35,26 @@ def toy_problems():
     from mrt_star.toy.problems import generate_problems
 
     return generate_problems(12, seed=123)
+
+
+@pytest.fixture
+def write_sft_folder():
+    """Return a writer of small finished `filter` outputs (SFT rows through the real store and schema)."""
+    from mrt_star.filter import sft_schema
+    from mrt_star.store import Store
+
+    def write(path, rows: int = 2, shards: int = 1, config: dict | None = None, summary: dict | None = None) -> str:
+        made = [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": "1+1"}],
+                 "completion": [{"role": "assistant", "content": "\\boxed{2}"}],
+                 "messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "\\boxed{2}"}],
+                 "prefix": "", "suffix": "\\boxed{2}", "rule": "mrt", "cumulative_progress": 0.5, "num_tokens": 9,
+                 "format": "backtrack", "sample_index": 0, "answer": "2", "j_end": 1.0, "trimmed": False}
+                for i in range(rows)]
+        store = Store(path, "filter", config or {"rule": "mrt"}, "fp")
+        size = -(-rows // shards)
+        for shard in range(shards):
+            store.write_shard(shard, made[shard * size:(shard + 1) * size], schema=sft_schema())
+        store.finish(summary or {"kept_rows": rows})
+        return str(path)
+
+    return write

@@ -16,26 +16,17 @@ from mrt_star.store import Store
 FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken1234"
 
 
-def _sft_folder(path):
-    from mrt_star.filter import sft_schema
-
-    rows = [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": "1+1"}],
-             "completion": [{"role": "assistant", "content": "\\boxed{2}"}],
-             "messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "\\boxed{2}"}],
-             "prefix": "", "suffix": "\\boxed{2}", "rule": "mrt", "cumulative_progress": 0.5, "num_tokens": 9,
-             "format": "backtrack", "sample_index": 0, "answer": "2", "j_end": 1.0, "trimmed": False}
-            for i in range(3)]
-    store = Store(path, "filter", {"rule": "mrt", "model": "toy", "input": "runs/x/scored"}, "fp")
-    store.write_shard(0, rows[:2], schema=sft_schema())
-    store.write_shard(1, rows[2:], schema=sft_schema())
-    store.finish({"rule": "mrt", "kept_rows": 3, "per_rule": {"star": {"rows": 5}}, "mrt_pick_equals_shortest": 0.5})
-    return str(path)
+def _sft_folder(write, path):
+    # Three rows in two shards, with a config and summary the card reads.
+    return write(path, rows=3, shards=2, config={"rule": "mrt", "model": "toy", "input": "runs/x/scored"},
+                 summary={"rule": "mrt", "kept_rows": 3, "per_rule": {"star": {"rows": 5}},
+                          "mrt_pick_equals_shortest": 0.5})
 
 
-def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path):
+def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path, write_sft_folder):
     from mrt_star.store import read_manifest
 
-    folder = _sft_folder(tmp_path / "sft")
+    folder = _sft_folder(write_sft_folder, tmp_path / "sft")
     card = dataset_card(folder, "me/toy-mrt", read_manifest(folder))
     front = yaml.safe_load(card.split("---")[1])
     assert front["configs"][0]["data_files"][0] == {"split": "train", "path": "data/*.parquet"}
@@ -46,7 +37,7 @@ def test_card_has_metadata_schema_recipe_loading_and_citation(tmp_path):
     assert CITATION in card and "2503.07572" in card and "Qu" in card
 
 
-def test_dry_run_stages_the_card_outside_the_input_and_lists_files_without_network(tmp_path, monkeypatch, capsys):
+def test_dry_run_stages_the_card_outside_the_input_and_lists_files_without_network(tmp_path, write_sft_folder, monkeypatch, capsys):
     import huggingface_hub
 
     def no_network(*a, **k):
@@ -54,7 +45,7 @@ def test_dry_run_stages_the_card_outside_the_input_and_lists_files_without_netwo
 
     for name in ("create_repo", "create_branch", "create_commit", "upload_folder"):
         monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
-    folder = _sft_folder(tmp_path / "sft")
+    folder = _sft_folder(write_sft_folder, tmp_path / "sft")
     before = sorted(p.name for p in (tmp_path / "sft").iterdir())
     plan, _ = prepare_push(PushConfig(input=folder, repo_id="me/toy-mrt", dry_run=True), staging=tmp_path / "stage")
     assert [dest for _, dest in plan] == ["data/shard-00000.parquet", "data/shard-00001.parquet", "manifest.json",
@@ -68,11 +59,11 @@ def test_dry_run_stages_the_card_outside_the_input_and_lists_files_without_netwo
     assert card.endswith("README.md") and not card.startswith(str(tmp_path / "sft"))
 
 
-def test_token_shaped_values_anywhere_in_the_config_are_scrubbed_from_card_and_logs(tmp_path, capsys):
+def test_token_shaped_values_anywhere_in_the_config_are_scrubbed_from_card_and_logs(tmp_path, write_sft_folder, capsys):
     import json
 
     other = "hf_" + "Zq9" * 12  # not the environment's token: scrubbed because of its shape
-    folder = _sft_folder(tmp_path / "sft")
+    folder = _sft_folder(write_sft_folder, tmp_path / "sft")
     manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
     manifest["config"]["engine_options"] = {"nested": {"api_key": other}, "list": [other]}
     (tmp_path / "sft" / "manifest.json").write_text(json.dumps(manifest))
@@ -84,7 +75,7 @@ def test_token_shaped_values_anywhere_in_the_config_are_scrubbed_from_card_and_l
     assert other not in captured.out + captured.err
 
 
-def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch, capsys):
+def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, write_sft_folder, monkeypatch, capsys):
     import huggingface_hub
 
     calls = []
@@ -99,7 +90,7 @@ def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit",
                         lambda self, *a, **k: calls.append(("commit", a, k)) or Info())
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    folder = _sft_folder(tmp_path / "sft")
+    folder = _sft_folder(write_sft_folder, tmp_path / "sft")
     # A config that carried the token by mistake is scrubbed from the card.
     import json
 
@@ -127,9 +118,9 @@ def test_push_uploads_one_commit_and_never_leaks_the_token(tmp_path, monkeypatch
             assert FAKE_TOKEN.encode() not in path.read_bytes()
 
 
-def test_push_input_checks(tmp_path):
+def test_push_input_checks(tmp_path, write_sft_folder):
     with pytest.raises(UserError, match="ORG/NAME"):
-        run_push(PushConfig(input=_sft_folder(tmp_path / "a"), repo_id="no-slash", dry_run=True))
+        run_push(PushConfig(input=_sft_folder(write_sft_folder, tmp_path / "a"), repo_id="no-slash", dry_run=True))
     with pytest.raises(UserError, match="not an mrt-star stage output"):
         (tmp_path / "empty").mkdir()
         run_push(PushConfig(input=str(tmp_path / "empty"), repo_id="me/x", dry_run=True))
@@ -139,10 +130,10 @@ def test_push_input_checks(tmp_path):
         run_push(PushConfig(input=str(tmp_path / "half"), repo_id="me/x", dry_run=True))
 
 
-def test_push_cli_takes_the_folder_positionally(tmp_path):
+def test_push_cli_takes_the_folder_positionally(tmp_path, write_sft_folder):
     from mrt_star.cli import main
 
-    folder = _sft_folder(tmp_path / "sft")
+    folder = _sft_folder(write_sft_folder, tmp_path / "sft")
     assert main(["push", folder, "--repo-id", "me/toy-mrt", "--dry-run"]) == 0
     assert not (tmp_path / "sft" / "README.md").exists()
     assert main(["push", folder, "--dry-run"]) == 2  # repo id is required

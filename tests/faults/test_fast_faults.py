@@ -20,22 +20,6 @@ def _generate(out, n="1"):
             "--max-new-tokens", "48", "--output", str(out)]
 
 
-def _sft_folder(path):
-    from mrt_star.filter import sft_schema
-    from mrt_star.store import Store
-
-    rows = [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": "1+1"}],
-             "completion": [{"role": "assistant", "content": "\\boxed{2}"}],
-             "messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "\\boxed{2}"}],
-             "prefix": "", "suffix": "\\boxed{2}", "rule": "mrt", "cumulative_progress": 0.5, "num_tokens": 9,
-             "format": "backtrack", "sample_index": 0, "answer": "2", "j_end": 1.0, "trimmed": False}
-            for i in range(2)]
-    store = Store(path, "filter", {"rule": "mrt"}, "fp")
-    store.write_shard(0, rows, schema=sft_schema())
-    store.finish({"kept_rows": 2})
-    return str(path)
-
-
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if a stage gets as far as loading a model (the checks must come first)."""
@@ -50,11 +34,11 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loaded)
 
 
-def test_an_output_path_that_is_a_file_is_one_line_before_any_model_load(tmp_path, capsys, no_model_load,
+def test_an_output_path_that_is_a_file_is_one_line_before_any_model_load(tmp_path, write_sft_folder, capsys, no_model_load,
                                                                          micro_model):
     taken = tmp_path / "taken.txt"
     taken.write_text("x")
-    sft = _sft_folder(tmp_path / "sft")
+    sft = write_sft_folder(tmp_path / "sft")
     for argv in (_generate(taken), ["finetune", "--input", sft, "--model", "toy-micro", "--output", str(taken)],
                  ["run", "--input", "toy:2", "--model", "toy-micro", "--output", str(taken)]):
         assert main(argv) == 1
@@ -63,7 +47,7 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_model_load(tmp_pat
     assert taken.read_text() == "x"
 
 
-def test_overwrite_refuses_folders_and_files_mrt_star_did_not_write(tmp_path, capsys, no_model_load):
+def test_overwrite_refuses_folders_and_files_mrt_star_did_not_write(tmp_path, write_sft_folder, capsys, no_model_load):
     from mrt_star import output_guard
     from mrt_star.store import Store
 
@@ -78,7 +62,7 @@ def test_overwrite_refuses_folders_and_files_mrt_star_did_not_write(tmp_path, ca
     (model / "src").mkdir(parents=True)
     (model / "src" / "train.py").write_text("x\n")
     (model / "finetune_config.json").write_text(json.dumps({"config": {}}))
-    sft = _sft_folder(tmp_path / "sft")
+    sft = write_sft_folder(tmp_path / "sft")
     assert main(["finetune", "--input", sft, "--model", "toy-micro", "--output", str(model), "--overwrite"]) == 1
     assert "refusing to --overwrite" in capsys.readouterr().err
     # A run folder: our stage folders inside are fine, a stray file anywhere is named and nothing is removed.
